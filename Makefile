@@ -1,0 +1,24 @@
+# The two commands: `make demo` (the whole pipeline on the built-in sim) and `make test`.
+# Both run `make setup` first, which is idempotent and fast once done.
+VENV := .venv
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_LOCALHOST_ONLY := 1
+export MUJOCO_GL := egl
+export PYOPENGL_PLATFORM := egl
+
+.PHONY: setup test demo bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(VENV)/bin/python -m pytest test $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/class-ros demo $(DEMO_ARGS)
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run_all.py
+
+clean:
+	rm -rf runs/demo .pytest_cache
