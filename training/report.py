@@ -351,6 +351,159 @@ def write_report(out_dir: str | os.PathLike, inputs: ReportInputs) -> Path:
 def save_json(path: str | os.PathLike, data: dict) -> None:
     """Write JSON atomically (temp file in the same folder, then rename)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- gathering a real demo run
+class _Missing(Exception):
+    """A report section cannot be drawn; the message says why (shown in the report)."""
+
+
+def gather_inputs(demo_dir: str | os.PathLike, cfg: dict, stages: list[dict] | None = None) -> ReportInputs:
+    """Read a demo folder (dataset, positives, run, evaluations) into ReportInputs; gaps are explained."""
+    demo = Path(demo_dir)
+    inputs = ReportInputs(title=f"class_ros demo: `{cfg['task']}` with camera shift", stages=list(stages or []),
+                          config={"task": cfg["task"], "demonstrations": cfg["sim_demos"]["episodes"],
+                                  "training cameras": cfg["sim_demos"]["camera"], "seed": cfg["seed"],
+                                  "DTW horizon": cfg["dtw"]["horizon"], "quantile": cfg["dtw"]["quantile"]})
+    rng = np.random.default_rng(cfg["seed"])
+    sections = (("dtw", _gather_dtw), ("positives", _gather_positives), ("embeddings", _gather_embeddings),
+                ("neighbours", _gather_neighbours), ("success", _gather_success), ("latency", _gather_latency))
+    for name, gather in sections:
+        try:
+            gather(demo, cfg, inputs, rng)
+        except _Missing as why:
+            inputs.notes[name] = str(why)
+        except ImportError as err:
+            inputs.notes[name] = f"`{err.name or err}` is not built yet"
+    if not inputs.stages:
+        inputs.notes["stages"] = "no stage table was given"
+    return inputs
+
+
+def _need(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise _Missing(f"`{path.name}` is missing: the {stage} stage did not run (see the pipeline table)")
+    return path
+
+
+def _store(demo: Path):
+    from class_ros.data.store import EpisodeStore
+    return EpisodeStore.open(_need(demo / "dataset", "convert"))
+
+
+def _load_positives(demo: Path) -> dict[str, np.ndarray]:
+    with np.load(_need(demo / "positives.npz", "dtw"), allow_pickle=False) as z:
+        return {k: z[k] for k in ("indptr", "indices", "distance", "weight")}
+
+
+def _camera_key(store) -> str:
+    return store.meta.image_keys[0]
+
+
+def _gather_dtw(demo, cfg, inputs, rng) -> None:
+    pos = _load_positives(demo)
+    store = _store(demo)
+    from class_ros.similarity import normalized_chunks
+    from class_ros.similarity.dtw import pairwise_dtw
+    chunks = normalized_chunks(store, cfg["dtw"]["horizon"])  # (N, H, D)
+    sub = chunks[np.sort(rng.choice(len(chunks), min(len(chunks), cfg["report"]["dtw_sample"]), replace=False))]
+    dist = pairwise_dtw(sub)  # (M, M)
+    inputs.dtw_sample = dist[np.triu_indices(len(sub), k=1)]
+    inputs.dtw_threshold = float(pos["distance"].max()) if len(pos["distance"]) else 0.0
+    inputs.dtw_pairs = int(len(pos["indices"]) // 2)  # the CSR holds both (i, j) and (j, i)
+    inputs.dtw_quantile = float(cfg["dtw"]["quantile"])
+
+
+def _gather_positives(demo, cfg, inputs, rng) -> None:
+    pos = _load_positives(demo)
+    store = _store(demo)
+    n_anchor, n_pos = cfg["report"]["anchors"], cfg["report"]["positives"]
+    episode = np.searchsorted(store.episode_ends, np.arange(store.n_frames), side="right")
+    counts = np.diff(pos["indptr"])
+    eligible = np.flatnonzero(counts >= 1)
+    if len(eligible) == 0:
+        raise _Missing("the DTW stage found no positive pairs")
+    # Anchors spread over the dataset (so over episodes and task phases), not the most crowded rows.
+    anchors = eligible[np.linspace(0, len(eligible) - 1, min(n_anchor, len(eligible))).astype(int)]
+    chosen = []
+    for a in anchors:
+        lo, hi = pos["indptr"][a], pos["indptr"][a + 1]
+        idx, w = pos["indices"][lo:hi], pos["weight"][lo:hi]
+        # Prefer positives from other episodes: they were filmed from other camera poses.
+        order = np.lexsort((-w, episode[idx] == episode[a]))[:n_pos]
+        chosen.append((idx[order], w[order]))
+    k = min(len(c[0]) for c in chosen)
+    key = _camera_key(store)
+    inputs.anchor_images = store.read(key, anchors)
+    inputs.anchor_episodes = episode[anchors]
+    pos_idx = np.stack([c[0][:k] for c in chosen])
+    inputs.positive_images = store.read(key, pos_idx.reshape(-1)).reshape(*pos_idx.shape, *inputs.anchor_images.shape[1:])
+    inputs.positive_episodes = episode[pos_idx]
+    inputs.positive_weights = np.stack([c[1][:k] for c in chosen])
+
+
+PHASE_NAMES = ["approach", "descend", "grasp and lift"]
+
+
+def task_phases(actions: np.ndarray, episode_ends: np.ndarray, gripper_dim: int = -1) -> np.ndarray:
+    """(N,) phase per frame from the gripper command: before it closes, first half 0 and second half 1; then 2."""
+    phase = np.zeros(len(actions), dtype=np.int64)
+    start = 0
+    for end in episode_ends:
+        closed = np.flatnonzero(actions[start:end, gripper_dim] > 0.5)
+        grasp = int(closed[0]) if len(closed) else end - start
+        t = np.arange(end - start)
+        phase[start:end] = np.where(t >= grasp, 2, np.where(t >= grasp // 2, 1, 0))
+        start = end
+    return phase
+
+
+def _gather_embeddings(demo, cfg, inputs, rng) -> None:
+    raise _Missing("embedding figure not wired yet")
+
+
+def _gather_neighbours(demo, cfg, inputs, rng) -> None:
+    raise _Missing("neighbour figure not wired yet")
+
+
+def _success_record(res: dict, via: str) -> dict:
+    """An evaluation dict (direct or through ROS) as {"successes", "episodes", "ci_low", "ci_high", "via"}."""
+    n = int(res.get("episodes", res.get("n_episodes", 0)))
+    if "successes" in res:
+        s = int(res["successes"])
+    else:
+        s = int(round(float(res["success_rate"]) * n))
+    rec = {"successes": s, "episodes": n, "via": via}
+    ci = res.get("ci95") or res.get("ci")
+    if ci is not None:
+        rec["ci_low"], rec["ci_high"] = float(ci[0]), float(ci[1])
+    elif "ci_low" in res:
+        rec["ci_low"], rec["ci_high"] = float(res["ci_low"]), float(res["ci_high"])
+    return rec
+
+
+def _gather_success(demo, cfg, inputs, rng) -> None:
+    for camera in cfg["evaluate"]["cameras"]:
+        path = demo / "eval" / f"{camera}.json"
+        if path.exists():
+            inputs.success[camera] = _success_record(json.loads(path.read_text()), "direct")
+    loop = demo / "closed_loop.json"
+    if loop.exists():
+        inputs.success[f"{cfg['closed_loop']['camera']} (ROS graph)"] = _success_record(
+            json.loads(loop.read_text()), "ROS")
+    if not inputs.success:
+        raise _Missing("neither the evaluate nor the closed-loop stage ran (see the pipeline table)")
+
+
+def _gather_latency(demo, cfg, inputs, rng) -> None:
+    res = json.loads(_need(demo / "closed_loop.json", "closed-loop").read_text())
+    if res.get("latency_ms"):
+        inputs.latency_ms = np.asarray(res["latency_ms"], dtype=np.float64)
+    elif res.get("latency_s"):
+        inputs.latency_ms = 1000.0 * np.asarray(res["latency_s"], dtype=np.float64)
+    else:
+        raise _Missing("the closed-loop run recorded no latency samples")

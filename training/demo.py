@@ -1,0 +1,345 @@
+"""`class-ros demo`: the whole pipeline on the built-in simulator, end to end, with a report.
+
+Usage:
+    class-ros demo [--out runs/demo] [--fresh] [--preset default|tiny]
+
+Stages, in order (the configuration of each is a section of training/configs/demo[_tiny].yaml):
+    sim-demos    scripted `lift` demonstrations, a random camera pose per episode, written as rosbag2
+    convert      the bags -> a dataset store, through config/mappings/sim.yaml (as for a real arm)
+    dtw          exact DTW action-sequence positives
+    pretrain     CLASS pre-training of the visual encoder (CPU preset)
+    index        the retrieval index of the pre-trained run
+    evaluate     the retrieval policy run directly in the simulator on fixed, heldout and moving cameras
+    closed-loop  the same policy through the ROS 2 node graph with sim_node, on heldout cameras
+    report       report.md and its figures
+
+Every stage records a JSON stamp (out/stamps/<stage>.json) holding a hash of its configuration and of
+the stamps of the stages it reads from; a stage whose stamp matches and whose outputs exist is reused,
+so a second run is fast. `--fresh` redoes everything. A stage whose module is not built yet is reported
+as such and the stages that need it are skipped; the rest still run.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from class_ros.errors import ClassRosError
+from training.report import save_json
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = Path(__file__).resolve().parent / "configs"
+PRESETS = {"default": "demo.yaml", "tiny": "demo_tiny.yaml"}
+STAMP_VERSION = 1  # bump when a stage's outputs change meaning, so old stamps stop matching
+
+# Statuses a stage can end in.
+RAN, REUSED, NOT_BUILT, SKIPPED, FAILED = "ran", "reused", "not built yet", "skipped", "failed"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="folder for every output of the demo (default runs/demo)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="default: the full demo (under 15 min on 2 cores); tiny: a quick smoke run")
+    parser.add_argument("--fresh", action="store_true", help="redo every stage instead of reusing earlier outputs")
+
+
+def run(args) -> int:
+    summary = run_demo(args.out, preset=args.preset, fresh=args.fresh)
+    return 0 if summary["ok"] else 1
+
+
+# ---------------------------------------------------------------- configuration
+def load_config(preset: str) -> dict:
+    """The demo settings of a preset (training/configs/demo*.yaml) as a dict."""
+    import yaml
+    if preset not in PRESETS:
+        raise ClassRosError(f"unknown demo preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    with open(CONFIGS / PRESETS[preset]) as f:
+        return yaml.safe_load(f)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- stages
+@dataclass
+class Stage:
+    """One pipeline step: which modules it needs, what it reads and writes, and how to run it."""
+
+    name: str
+    modules: list[str]  # every module the stage calls; missing ones make it "not built yet"
+    issue: int  # the issue that builds those modules
+    depends: list[str]  # stages whose outputs it reads
+    outputs: list[str]  # paths relative to the demo folder; all must exist to reuse the stage
+    work: Callable[["Demo"], dict]  # runs the stage, returns a JSON-able summary
+    key: Callable[[dict], str]  # the one number the final table shows
+    config_keys: list[str] = field(default_factory=list)  # config sections that define the stage
+
+
+@dataclass
+class Demo:
+    """The state shared by the stages of one demo run."""
+
+    out: Path
+    cfg: dict
+    summaries: dict = field(default_factory=dict)  # stage -> summary of its latest run (or reuse)
+
+    def path(self, rel: str) -> Path:
+        return self.out / rel
+
+    @property
+    def dataset(self) -> Path:
+        return self.path("dataset")
+
+    @property
+    def class_run(self) -> Path:
+        return self.path("class_run")
+
+
+def _sim_demos(d: Demo) -> dict:
+    from training.sim_demos import record_demos
+    c = d.cfg["sim_demos"]
+    return record_demos(task=d.cfg["task"], episodes=c["episodes"], camera=c["camera"], storage=c["storage"],
+                        out=d.path("bags"), seed=d.cfg["seed"], image_size=c["image_size"])
+
+
+def _convert(d: Demo) -> dict:
+    from training.convert import convert_bags
+    mapping = REPO / d.cfg["convert"]["mapping"]
+    return convert_bags([d.path("bags")], mapping, d.dataset)
+
+
+def _dtw(d: Demo) -> dict:
+    from training.dtw import compute_positives
+    c = d.cfg["dtw"]
+    return compute_positives(d.dataset, d.path("positives.npz"), horizon=c["horizon"], quantile=c["quantile"],
+                             device=d.cfg["device"], mode=c["mode"])
+
+
+def _pretrain(d: Demo) -> dict:
+    from training.pretrain import pretrain
+    return pretrain(d.dataset, d.path("positives.npz"), d.class_run, d.cfg["pretrain"]["config"])
+
+
+def _index(d: Demo) -> dict:
+    from training.index import build_index
+    return build_index(d.class_run, d.dataset)
+
+
+def _evaluate(d: Demo) -> dict:
+    from class_ros.policy import load_policy
+    from training.evaluate import evaluate_policy
+    c = d.cfg["evaluate"]
+    results = {}
+    for i, camera in enumerate(c["cameras"]):
+        policy = load_policy(d.class_run, kind=c["policy"], device=d.cfg["device"])
+        res = evaluate_policy(policy, task=d.cfg["task"], camera=camera, episodes=c["episodes"],
+                              seed=d.cfg["seed"] + 1000 * (i + 1))
+        save_json(d.path(f"eval/{camera}.json"), _jsonable(res))
+        results[camera] = _jsonable(res)
+    return results
+
+
+def _closed_loop(d: Demo) -> dict:
+    from class_ros.nodes.graph import run_closed_loop
+    c = d.cfg["closed_loop"]
+    res = run_closed_loop(d.class_run, task=d.cfg["task"], camera=c["camera"], episodes=c["episodes"],
+                          seed=d.cfg["seed"] + 5000, policy=c["policy"])
+    res = _jsonable(res)
+    save_json(d.path("closed_loop.json"), res)
+    return res
+
+
+def _report(d: Demo) -> dict:
+    from training.report import gather_inputs, write_report
+    inputs = gather_inputs(d.out, d.cfg, stages=d.summaries.get("_table", []))
+    path = write_report(d.out, inputs)
+    missing = sorted(inputs.notes)
+    return {"report": str(path), "missing_sections": missing}
+
+
+def _rate(res: dict) -> float | None:
+    """A success rate from an evaluation dict, whatever spelling the evaluator used."""
+    for k in ("success_rate", "rate"):
+        if k in res:
+            return float(res[k])
+    if "successes" in res and res.get("episodes"):
+        return res["successes"] / res["episodes"]
+    return None
+
+
+def _first(summary: dict, *keys, fmt="{}") -> str:
+    for k in keys:
+        if isinstance(summary, dict) and summary.get(k) is not None:
+            return f"{k} " + fmt.format(summary[k])
+    return ""
+
+
+def _eval_key(s: dict) -> str:
+    return ", ".join(f"{cam} {_rate(r):.0%}" for cam, r in s.items() if _rate(r) is not None)
+
+
+def _loop_key(s: dict) -> str:
+    lat = s.get("latency_ms") or []
+    rate = _rate(s)
+    text = "" if rate is None else f"success {rate:.0%}"
+    return text + (f", p50 latency {np.percentile(lat, 50):.1f} ms" if len(lat) else "")
+
+
+STAGES = [
+    Stage("sim-demos", ["training.sim_demos"], 4, [], ["bags"], _sim_demos,
+          lambda s: _first(s, "expert_success_rate", "success_rate", fmt="{:.0%}"), ["sim_demos"]),
+    Stage("convert", ["training.convert"], 5, ["sim-demos"], ["dataset"], _convert,
+          lambda s: _first(s, "frames", "n_frames", "frames_kept"), ["convert"]),
+    Stage("dtw", ["training.dtw"], 3, ["convert"], ["positives.npz"], _dtw,
+          lambda s: _first(s, "threshold", fmt="{:.4g}"), ["dtw"]),
+    Stage("pretrain", ["training.pretrain"], 6, ["dtw"], ["class_run"], _pretrain,
+          lambda s: _first(s, "final_loss", "loss", fmt="{:.3f}"), ["pretrain"]),
+    Stage("index", ["training.index"], 6, ["pretrain"], [], _index,
+          lambda s: _first(s, "n_vectors", "n", "size"), []),
+    Stage("evaluate", ["training.evaluate", "class_ros.policy"], 4, ["index"],
+          ["eval"], _evaluate, _eval_key, ["evaluate"]),
+    Stage("closed-loop", ["class_ros.nodes.graph"], 8, ["index"], ["closed_loop.json"], _closed_loop,
+          _loop_key, ["closed_loop"]),
+    Stage("report", ["training.report"], 9, ["dtw", "pretrain", "index", "evaluate", "closed-loop"],
+          ["report.md"], _report, lambda s: s.get("report", ""), ["report"]),
+]
+
+
+def missing_modules(stage: Stage) -> list[str]:
+    """The modules a stage needs that are not importable yet."""
+    out = []
+    for m in stage.modules:
+        try:
+            if importlib.util.find_spec(m) is None:
+                out.append(m)
+        except ModuleNotFoundError:
+            out.append(m)
+    return out
+
+
+def _jsonable(obj):
+    """numpy scalars and arrays -> plain Python, so summaries can be stamped as JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        import dataclasses
+        return _jsonable(dataclasses.asdict(obj))
+    return obj
+
+
+# ---------------------------------------------------------------- the runner
+def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fresh: bool = False) -> dict:
+    """Run every stage that is built (reusing up-to-date outputs), write the report, print the table."""
+    cfg = load_config(preset)
+    out = Path(out)
+    stamps = out / "stamps"
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    stamps.mkdir(parents=True, exist_ok=True)
+    demo = Demo(out, cfg)
+    table: list[dict] = []
+    demo.summaries["_table"] = table
+    hashes: dict[str, str] = {}
+    status: dict[str, str] = {}
+    for stage in STAGES:
+        inputs_hash = _hash({"version": STAMP_VERSION, "task": cfg["task"], "seed": cfg["seed"],
+                             "device": cfg["device"], "config": {k: cfg[k] for k in stage.config_keys},
+                             "upstream": [hashes.get(dep) for dep in stage.depends]})
+        row = {"stage": stage.name, "seconds": None, "key": ""}
+        blocked = [dep for dep in stage.depends if status.get(dep) not in (RAN, REUSED)]
+        missing = missing_modules(stage)
+        stamp_path = stamps / f"{stage.name}.json"
+        if missing:
+            row["status"] = f"{NOT_BUILT} (issue #{stage.issue})"
+            row["key"] = "needs " + ", ".join(missing)
+            status[stage.name] = NOT_BUILT
+        elif blocked and stage.name != "report":  # the report shows whatever exists and says what is missing
+            row["status"] = f"{SKIPPED} (needs {', '.join(blocked)})"
+            status[stage.name] = SKIPPED
+        else:
+            stamp = _read_stamp(stamp_path)
+            reusable = (stamp is not None and stamp.get("inputs") == inputs_hash
+                        and all(demo.path(p).exists() for p in stage.outputs))
+            if reusable:
+                summary, row["seconds"], row["status"] = stamp["summary"], stamp["seconds"], REUSED
+                status[stage.name] = REUSED
+            else:
+                stamp_path.unlink(missing_ok=True)  # a half-redone stage must never look up to date
+                for rel in stage.outputs:
+                    _remove(demo.path(rel))
+                print(f"class-ros demo: {stage.name} ...", flush=True)
+                t0 = time.perf_counter()
+                try:
+                    summary = _jsonable(stage.work(demo) or {})
+                except ClassRosError as err:
+                    row["status"], row["key"] = FAILED, str(err)
+                    status[stage.name] = FAILED
+                    print(f"class-ros demo: {stage.name} failed: {err}", flush=True)
+                    table.append(row)
+                    continue
+                row["seconds"] = time.perf_counter() - t0
+                row["status"] = RAN
+                status[stage.name] = RAN
+                save_json(stamp_path, {"inputs": inputs_hash, "seconds": row["seconds"], "summary": summary})
+            demo.summaries[stage.name] = summary
+            hashes[stage.name] = inputs_hash
+            try:
+                row["key"] = stage.key(summary)
+            except (KeyError, TypeError, ValueError):
+                row["key"] = ""
+        table.append(row)
+
+    ok = all(status[s.name] in (RAN, REUSED) for s in STAGES)
+    result = {"ok": ok, "preset": preset, "out": str(out), "stages": table,
+              "report": str(out / "report.md") if status.get("report") in (RAN, REUSED) else None}
+    save_json(out / "demo_summary.json", result)
+    print(format_table(table))
+    if result["report"]:
+        print(f"class-ros demo: report written to {result['report']}")
+    if not ok:
+        print("class-ros demo: not every stage ran; see the status column above.")
+    return result
+
+
+def format_table(table: list[dict]) -> str:
+    """The closing table: stage, status, time, key number."""
+    rows = [("stage", "status", "time", "key number")]
+    for r in table:
+        secs = "" if r["seconds"] is None else f"{r['seconds']:.1f} s"
+        rows.append((r["stage"], r["status"], secs, str(r["key"])[:70]))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
