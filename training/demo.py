@@ -83,6 +83,7 @@ class Stage:
     work: Callable[["Demo"], dict]  # runs the stage, returns a JSON-able summary
     key: Callable[[dict], str]  # the one number the final table shows
     config_keys: list[str] = field(default_factory=list)  # config sections that define the stage
+    partial_ok: bool = False  # runs even when a stage it reads from did not (the report explains the gaps)
 
 
 @dataclass
@@ -211,7 +212,7 @@ STAGES = [
     Stage("closed-loop", ["class_ros.nodes.graph"], 8, ["index"], ["closed_loop.json"], _closed_loop,
           _loop_key, ["closed_loop"]),
     Stage("report", ["training.report"], 9, ["dtw", "pretrain", "index", "evaluate", "closed-loop"],
-          ["report.md"], _report, lambda s: s.get("report", ""), ["report"]),
+          ["report.md"], _report, lambda s: s.get("report", ""), ["report"], partial_ok=True),
 ]
 
 
@@ -248,18 +249,35 @@ def _jsonable(obj):
 # ---------------------------------------------------------------- the runner
 def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fresh: bool = False) -> dict:
     """Run every stage that is built (reusing up-to-date outputs), write the report, print the table."""
-    cfg = load_config(preset)
     out = Path(out)
+    table, status = run_stages(out, load_config(preset), STAGES, fresh=fresh)
+    ok = all(status[s.name] in (RAN, REUSED) for s in STAGES)
+    result = {"ok": ok, "preset": preset, "out": str(out), "stages": table,
+              "report": str(out / "report.md") if status.get("report") in (RAN, REUSED) else None}
+    save_json(out / "demo_summary.json", result)
+    print(format_table(table))
+    if result["report"]:
+        print(f"class-ros demo: report written to {result['report']}")
+    if not ok:
+        print("class-ros demo: not every stage ran; see the status column above.")
+    return result
+
+
+def run_stages(out: Path, cfg: dict, stages: list[Stage], fresh: bool = False) -> tuple[list[dict], dict]:
+    """Run `stages` in order into `out`, reusing each whose stamp matches; returns (table rows, stage -> status).
+
+    The benchmarks call this too, with more stages after the demo's.
+    """
     stamps = out / "stamps"
-    if fresh and out.exists():
-        shutil.rmtree(out)
+    if fresh:  # only the stamps and each stage's own outputs go: never a whole --out folder a user pointed at
+        shutil.rmtree(stamps, ignore_errors=True)
     stamps.mkdir(parents=True, exist_ok=True)
     demo = Demo(out, cfg)
     table: list[dict] = []
     demo.summaries["_table"] = table
     hashes: dict[str, str] = {}
     status: dict[str, str] = {}
-    for stage in STAGES:
+    for stage in stages:
         inputs_hash = _hash({"version": STAMP_VERSION, "task": cfg["task"], "seed": cfg["seed"],
                              "device": cfg["device"], "config": {k: cfg[k] for k in stage.config_keys},
                              "upstream": [hashes.get(dep) for dep in stage.depends]})
@@ -271,16 +289,15 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fres
             row["status"] = f"{NOT_BUILT} (issue #{stage.issue})"
             row["key"] = "needs " + ", ".join(missing)
             status[stage.name] = NOT_BUILT
-        elif blocked and stage.name != "report":  # the report shows whatever exists and says what is missing
+        elif blocked and not stage.partial_ok:
             row["status"] = f"{SKIPPED} (needs {', '.join(blocked)})"
             status[stage.name] = SKIPPED
         else:
             stamp = _read_stamp(stamp_path)
-            reusable = (stamp is not None and stamp.get("inputs") == inputs_hash
+            reusable = (not fresh and stamp is not None and stamp.get("inputs") == inputs_hash
                         and all(demo.path(p).exists() for p in stage.outputs))
             if reusable:
                 summary, row["seconds"], row["status"] = stamp["summary"], stamp["seconds"], REUSED
-                status[stage.name] = REUSED
             else:
                 stamp_path.unlink(missing_ok=True)  # a half-redone stage must never look up to date
                 for rel in stage.outputs:
@@ -297,8 +314,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fres
                     continue
                 row["seconds"] = time.perf_counter() - t0
                 row["status"] = RAN
-                status[stage.name] = RAN
                 save_json(stamp_path, {"inputs": inputs_hash, "seconds": row["seconds"], "summary": summary})
+            status[stage.name] = row["status"]
             demo.summaries[stage.name] = summary
             hashes[stage.name] = inputs_hash
             try:
@@ -306,17 +323,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fres
             except (KeyError, TypeError, ValueError):
                 row["key"] = ""
         table.append(row)
-
-    ok = all(status[s.name] in (RAN, REUSED) for s in STAGES)
-    result = {"ok": ok, "preset": preset, "out": str(out), "stages": table,
-              "report": str(out / "report.md") if status.get("report") in (RAN, REUSED) else None}
-    save_json(out / "demo_summary.json", result)
-    print(format_table(table))
-    if result["report"]:
-        print(f"class-ros demo: report written to {result['report']}")
-    if not ok:
-        print("class-ros demo: not every stage ran; see the status column above.")
-    return result
+    return table, status
 
 
 def format_table(table: list[dict]) -> str:

@@ -462,8 +462,45 @@ def task_phases(actions: np.ndarray, episode_ends: np.ndarray, gripper_dim: int 
     return phase
 
 
+def _encoders(demo: Path, seed: int):
+    """(random-init encoder, pre-trained EMA encoder) of the demo's CLASS run, in eval mode on the CPU."""
+    import torch
+    from class_ros.data.rundir import RunDir
+    from class_ros.encoder.config import EncoderConfig
+    from class_ros.encoder.model import ObservationEncoder
+    run = RunDir.open(_need(demo / "class_run", "pretrain"), kind="encoder")
+    enc_cfg = EncoderConfig.from_dict(run.load_config()["encoder"])
+    torch.manual_seed(seed)
+    before = ObservationEncoder(enc_cfg).eval()
+    after = ObservationEncoder(enc_cfg).eval()
+    after.load_state_dict(run.load_weights("encoder")["ema"])
+    return before, after
+
+
+def _image_features(encoder, images: np.ndarray, camera: str, batch: int = 64) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, E_img) image features (centre crop, no augmentation)."""
+    import torch
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            out.append(encoder.image_features({camera: torch.from_numpy(images[i:i + batch])}, train=False).numpy())
+    return np.concatenate(out)
+
+
 def _gather_embeddings(demo, cfg, inputs, rng) -> None:
-    raise _Missing("embedding figure not wired yet")
+    store = _store(demo)
+    before, after = _encoders(demo, cfg["seed"])
+    idx = np.unique(np.linspace(0, store.n_frames - 1, min(store.n_frames, cfg["report"]["embed_frames"])).astype(int))
+    key = _camera_key(store)
+    camera = key.removeprefix("obs/")
+    images = store.read(key, idx)
+    # Image features only: they are what the contrastive loss shapes (proprio would give the phase away).
+    inputs.emb_before = _image_features(before, images, camera)
+    inputs.emb_after = _image_features(after, images, camera)
+    actions = np.asarray(store.array("action")[: store.n_frames])
+    inputs.phase = task_phases(actions, store.episode_ends)[idx]
+    inputs.phase_names = PHASE_NAMES
+    inputs.camera = np.searchsorted(store.episode_ends, idx, side="right")
 
 
 def _gather_neighbours(demo, cfg, inputs, rng) -> None:
