@@ -263,7 +263,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fres
     return result
 
 
-def run_stages(out: Path, cfg: dict, stages: list[Stage], fresh: bool = False) -> tuple[list[dict], dict]:
+def run_stages(out: Path, cfg: dict, stages: list[Stage], fresh: bool = False,
+               label: str = "class-ros demo") -> tuple[list[dict], dict]:
     """Run `stages` in order into `out`, reusing each whose stamp matches; returns (table rows, stage -> status).
 
     The benchmarks call this too, with more stages after the demo's.
@@ -302,14 +303,14 @@ def run_stages(out: Path, cfg: dict, stages: list[Stage], fresh: bool = False) -
                 stamp_path.unlink(missing_ok=True)  # a half-redone stage must never look up to date
                 for rel in stage.outputs:
                     _remove(demo.path(rel))
-                print(f"class-ros demo: {stage.name} ...", flush=True)
+                print(f"{label}: {stage.name} ...", flush=True)
                 t0 = time.perf_counter()
                 try:
                     summary = _jsonable(stage.work(demo) or {})
                 except ClassRosError as err:
                     row["status"], row["key"] = FAILED, str(err)
                     status[stage.name] = FAILED
-                    print(f"class-ros demo: {stage.name} failed: {err}", flush=True)
+                    print(f"{label}: {stage.name} failed: {err}", flush=True)
                     table.append(row)
                     continue
                 row["seconds"] = time.perf_counter() - t0

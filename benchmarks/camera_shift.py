@@ -1,0 +1,221 @@
+"""Camera-shift benchmark: does CLASS keep working when the camera moves, where plain behaviour cloning fails?
+
+Usage:
+    python benchmarks/camera_shift.py --quick          # CPU preset, under an hour on 2 cores
+    python benchmarks/camera_shift.py --preset full    # sized for a GPU machine (more demos, longer training)
+    python benchmarks/camera_shift.py --preset smoke   # 2 episodes per cell: checks the wiring, NOT a result
+    python benchmarks/camera_shift.py                  # full when CUDA is available, else quick
+
+For each task (lift, pick_place): scripted demonstrations with `random` cameras -> convert -> DTW
+positives -> CLASS pre-training -> index (the `class-ros demo` stages), then four policies, each
+evaluated on `fixed`, `heldout` and `moving` cameras with the same seeds:
+    class-retrieval    retrieval (kNN) over the CLASS encoder's embeddings
+    random-retrieval   the same retrieval over a randomly initialised encoder of the same architecture
+    dp-scratch         Diffusion Policy trained from scratch
+    dp-class           Diffusion Policy fine-tuned from the CLASS encoder
+Success rates with 95% Wilson confidence intervals over `episodes` per cell (50 in quick and full).
+Writes OUT/camera_shift.md (the table) and OUT/camera_shift.json; every stage is stamped and reused
+on a second run, as in `class-ros demo`.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TASKS = ("lift", "pick_place")
+CAMERAS = ("fixed", "heldout", "moving")
+POLICIES = {  # name -> (run folder, policy kind)
+    "class-retrieval": ("class_run", "retrieval"),
+    "random-retrieval": ("random_run", "retrieval"),
+    "dp-scratch": ("dp_scratch", "diffusion"),
+    "dp-class": ("dp_class", "diffusion"),
+}
+
+# Presets: sections as in training/configs/demo.yaml, plus `finetune` and the per-cell episode count.
+_BASE = {
+    "seed": 0,
+    "sim_demos": {"episodes": 50, "camera": "random", "storage": "mcap", "image_size": 96},
+    "convert": {"mapping": "config/mappings/sim.yaml"},
+    "dtw": {"horizon": 16, "quantile": 0.025, "mode": "exact"},
+    "pretrain": {"config": {}},
+    "finetune": {"config": {}},
+    "evaluate": {"episodes": 50, "cameras": list(CAMERAS)},
+}
+PRESETS = {
+    "smoke": {"sim_demos": {"episodes": 4}, "evaluate": {"episodes": 2}, "note": "SMOKE RUN: 2 episodes per cell, "
+              "checks that every stage runs; the numbers say nothing about the method."},
+    "quick": {"sim_demos": {"episodes": 40}, "note": "quick CPU preset: small encoder, short training, "
+              "50 evaluation episodes per cell."},
+    "full": {"sim_demos": {"episodes": 200}, "note": "full preset for a GPU machine."},
+}
+
+
+def preset_config(preset: str, task: str, device: str) -> dict:
+    """The stage configuration of one task under a preset."""
+    cfg = copy.deepcopy(_BASE)
+    for section, values in PRESETS[preset].items():
+        if isinstance(values, dict):
+            cfg[section].update(values)
+        else:
+            cfg[section] = values
+    cfg.update(task=task, device=device, preset=preset)
+    return cfg
+
+
+def _stages():
+    """The demo's stages up to the index, then the baselines and the evaluation grid."""
+    from training.demo import STAGES, Stage, _jsonable
+    from training.report import save_json
+
+    def random_encoder(d):
+        # Same architecture, config and normalisers as the CLASS run; only the weights are a fresh init.
+        import torch
+        from class_ros.data.rundir import RunDir
+        from class_ros.data.store import EpisodeStore
+        from class_ros.encoder.config import EncoderConfig
+        from class_ros.encoder.model import ObservationEncoder
+        from training.index import build_index
+        store = EpisodeStore.open(d.dataset)
+        src = RunDir.open(d.class_run, kind="encoder", store=store)
+        run_cfg = src.load_config()
+        dst = RunDir.create(d.path("random_run"), "encoder", config=run_cfg, store=store)
+        dst.save_normalizers(src.load_normalizers())
+        torch.manual_seed(d.cfg["seed"])
+        enc = ObservationEncoder(EncoderConfig.from_dict(run_cfg["encoder"]))
+        trained = src.load_weights("encoder")["ema"]
+        # The proprio normaliser is a buffer of the encoder: keep the trained one so only vision differs.
+        state = {k: (trained[k] if k.startswith("proprio_") else v) for k, v in enc.state_dict().items()}
+        dst.save_weights("encoder", {"ema": state, "raw": state})
+        return build_index(d.path("random_run"), d.dataset)
+
+    def finetune(init):
+        def work(d):
+            from training.finetune import finetune as run_finetune
+            out = d.path("dp_class" if init else "dp_scratch")
+            return run_finetune(d.dataset, d.class_run if init else None, out, d.cfg["finetune"]["config"])
+        return work
+
+    def evaluate(name):
+        def work(d):
+            from class_ros.policy import load_policy
+            from training.evaluate import evaluate_policy
+            folder, kind = POLICIES[name]
+            results = {}
+            for i, camera in enumerate(d.cfg["evaluate"]["cameras"]):
+                policy = load_policy(d.path(folder), kind=kind, device=d.cfg["device"])
+                # Same seeds for every policy: the cells of one column compare the same scenes.
+                res = evaluate_policy(policy, task=d.cfg["task"], camera=camera,
+                                      episodes=d.cfg["evaluate"]["episodes"], seed=d.cfg["seed"] + 1000 * (i + 1))
+                results[camera] = _jsonable(res)
+            save_json(d.path(f"eval/{name}.json"), results)
+            return results
+        return work
+
+    def eval_key(s):
+        from training.demo import _eval_key
+        return _eval_key(s)
+
+    base = [s for s in STAGES if s.name in ("sim-demos", "convert", "dtw", "pretrain", "index")]
+    extra = [
+        Stage("random-encoder", ["training.index"], 6, ["index"], ["random_run"], random_encoder,
+              lambda s: "", []),
+        Stage("dp-scratch-train", ["training.finetune"], 7, ["convert"], ["dp_scratch"], finetune(False),
+              lambda s: "", ["finetune"]),
+        Stage("dp-class-train", ["training.finetune"], 7, ["pretrain"], ["dp_class"], finetune(True),
+              lambda s: "", ["finetune"]),
+    ]
+    needs = {"class-retrieval": "index", "random-retrieval": "random-encoder", "dp-scratch": "dp-scratch-train",
+             "dp-class": "dp-class-train"}
+    for name, dep in needs.items():
+        extra.append(Stage(f"eval-{name}", ["training.evaluate", "class_ros.policy"], 4, [dep],
+                           [f"eval/{name}.json"], evaluate(name), eval_key, ["evaluate"]))
+    return base + extra
+
+
+def cell(res: dict | None) -> dict | None:
+    """An evaluation dict as {"successes", "episodes", "rate", "ci_low", "ci_high"}."""
+    from training.report import _success_record, success_rows
+    if res is None:
+        return None
+    return success_rows({"x": _success_record(res, "direct")})[0]
+
+
+def markdown_table(results: dict, note: str, machine: str) -> str:
+    """results: task -> policy -> camera -> cell (or None when it did not run)."""
+    lines = [f"Camera-shift benchmark ({note}) on {machine}.",
+             "Trained on `random` cameras; success rate (successes/episodes) [95% Wilson CI].", "",
+             "| task | policy | " + " | ".join(CAMERAS) + " |", "|---|---|" + "---|" * len(CAMERAS)]
+    for task, by_policy in results.items():
+        for policy, by_camera in by_policy.items():
+            cells = []
+            for cam in CAMERAS:
+                c = by_camera.get(cam)
+                cells.append("not run" if c is None else
+                             f"{c['rate']:.0%} ({c['successes']}/{c['episodes']}) [{c['ci_low']:.0%}, {c['ci_high']:.0%}]")
+            lines.append(f"| {task} | {policy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def machine_description(device: str) -> str:
+    """The machine in a few words, so numbers are never quoted without it."""
+    desc = f"{platform.machine()}, {os.cpu_count()} CPU cores"
+    if device == "cuda":
+        import torch
+        desc += f", {torch.cuda.get_device_name(0)}"
+    return desc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
+                        help="auto: full with CUDA, else quick")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="preset", help="same as --preset quick")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--out", default=str(REPO / "runs" / "bench" / "camera_shift"))
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--fresh", action="store_true", help="redo every stage")
+    args = parser.parse_args(argv)
+
+    import torch
+    from training.demo import format_table, run_stages
+    from training.report import save_json
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    preset = args.preset if args.preset != "auto" else ("full" if device == "cuda" else "quick")
+    note = PRESETS[preset]["note"]
+    print(f"camera_shift: preset {preset}: {note}", flush=True)
+    out = Path(args.out) / preset
+    results, timings = {}, {}
+    t0 = time.perf_counter()
+    for task in args.tasks:
+        cfg = preset_config(preset, task, device)
+        table, status = run_stages(out / task, cfg, _stages(), fresh=args.fresh, label=f"camera_shift {task}")
+        print(format_table(table), flush=True)
+        timings[task] = {r["stage"]: r["seconds"] for r in table}
+        results[task] = {}
+        for name in POLICIES:
+            path = out / task / "eval" / f"{name}.json"
+            evals = json.loads(path.read_text()) if path.exists() else {}
+            results[task][name] = {cam: cell(evals.get(cam)) for cam in CAMERAS}
+    machine = machine_description(device)
+    md = markdown_table(results, note, machine)
+    (out / "camera_shift.md").write_text(md)
+    save_json(out / "camera_shift.json", {"preset": preset, "note": note, "machine": machine, "device": device,
+                                          "results": results, "stage_seconds": timings,
+                                          "total_seconds": time.perf_counter() - t0})
+    print(md)
+    print(f"camera_shift: table written to {out / 'camera_shift.md'} and {out / 'camera_shift.json'}")
+    complete = all(c is not None for t in results.values() for p in t.values() for c in p.values())
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
