@@ -70,6 +70,18 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _named_files(obj) -> dict[str, str]:
+    """Content hashes of the repository files a config section names (a mapping, a base YAML), so editing
+    such a file also makes the stage out of date."""
+    if isinstance(obj, dict):
+        return {k: v for value in obj.values() for k, v in _named_files(value).items()}
+    if isinstance(obj, list):
+        return {k: v for value in obj for k, v in _named_files(value).items()}
+    if isinstance(obj, str) and obj.endswith((".yaml", ".yml")) and (REPO / obj).is_file():
+        return {obj: hashlib.sha256((REPO / obj).read_bytes()).hexdigest()[:16]}
+    return {}
+
+
 # ---------------------------------------------------------------- stages
 @dataclass
 class Stage:
@@ -126,9 +138,23 @@ def _dtw(d: Demo) -> dict:
                              device=d.cfg["device"], mode=c["mode"])
 
 
+def merged_config(section: dict) -> dict:
+    """A step's YAML preset (`base`, relative to the repository) with the demo's `overrides` on top."""
+    import yaml
+    with open(REPO / section["base"]) as f:
+        config = yaml.safe_load(f)
+    for key, value in (section.get("overrides") or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
 def _pretrain(d: Demo) -> dict:
     from training.pretrain import pretrain
-    return pretrain(d.dataset, d.path("positives.npz"), d.class_run, d.cfg["pretrain"]["config"])
+    return pretrain(d.dataset, d.path("positives.npz"), d.class_run, merged_config(d.cfg["pretrain"]),
+                    device=d.cfg["device"], progress=True)
 
 
 def _index(d: Demo) -> dict:
@@ -204,7 +230,7 @@ STAGES = [
     Stage("dtw", ["training.dtw"], 3, ["convert"], ["positives.npz"], _dtw,
           lambda s: _first(s, "threshold", fmt="{:.4g}"), ["dtw"]),
     Stage("pretrain", ["training.pretrain"], 6, ["dtw"], ["class_run"], _pretrain,
-          lambda s: _first(s, "final_loss", "loss", fmt="{:.3f}"), ["pretrain"]),
+          lambda s: _first(s, "loss_last", "loss", fmt="{:.3f}"), ["pretrain"]),
     Stage("index", ["training.index"], 6, ["pretrain"], [], _index,
           lambda s: _first(s, "n_vectors", "n", "size"), []),
     Stage("evaluate", ["training.evaluate", "class_ros.policy"], 4, ["index"],
@@ -279,8 +305,9 @@ def run_stages(out: Path, cfg: dict, stages: list[Stage], fresh: bool = False,
     hashes: dict[str, str] = {}
     status: dict[str, str] = {}
     for stage in stages:
+        config = {k: cfg[k] for k in stage.config_keys}
         inputs_hash = _hash({"version": STAMP_VERSION, "task": cfg["task"], "seed": cfg["seed"],
-                             "device": cfg["device"], "config": {k: cfg[k] for k in stage.config_keys},
+                             "device": cfg["device"], "config": config, "files": _named_files(config),
                              "upstream": [hashes.get(dep) for dep in stage.depends]})
         row = {"stage": stage.name, "seconds": None, "key": ""}
         blocked = [dep for dep in stage.depends if status.get(dep) not in (RAN, REUSED)]
