@@ -67,6 +67,18 @@ def test_velocity_and_acceleration_limits():
     assert vel[-1] == pytest.approx(1.0)
 
 
+def test_approaching_a_target_does_not_overshoot():
+    lim = limits(max_step=1.0, max_velocity=1.0, max_acceleration=10.0)
+    f = JointSafetyFilter(lim, DT)
+    cmds = [np.array([-0.5, 0.0, 0.5])]
+    f.anchor(cmds[0])
+    for _ in range(100):
+        cmds.append(f(np.array([0.5, 0.0, 0.5]), measured=cmds[-1]).command)
+    c = np.array(cmds)[:, 0]
+    assert c.max() <= 0.5 + 1e-3 and c[-1] == pytest.approx(0.5, abs=1e-6)
+    assert np.all(np.diff(c) >= -1e-9)  # monotone: no back-and-forth
+
+
 @pytest.mark.parametrize("bad", [np.array([np.nan, 0.0, 0.5]), np.array([0.0, np.inf, 0.5]), np.zeros(2),
                                  np.zeros(4)])
 def test_rejects_nan_and_wrong_length_by_holding(bad):

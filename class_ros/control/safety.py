@@ -145,6 +145,15 @@ class JointSafetyFilter:
         expected = self._prev + self._prev_vel * self.dt
         alo, ahi = self._narrow(vlo, vhi, expected - amax, expected + amax)
 
+        # Aim no faster than a speed from which the arm can still stop at the target within the
+        # acceleration limit; clipping alone would overshoot a target approached at full speed.
+        # Discrete form: from speed n * a * dt the arm stops in n ticks having moved a * dt^2 * n(n+1)/2.
+        d = target - self._prev
+        a_dt = lim.max_acceleration * self.dt
+        n = (np.sqrt(1.0 + 8.0 * np.abs(d) / (a_dt * self.dt)) - 1.0) / 2.0
+        v_brake = n * a_dt
+        target = self._prev + np.sign(d) * np.minimum(np.abs(d), v_brake * self.dt)
+
         clamped = []
         cmd = target
         for kind, (a, b) in (("position", (lim.safe_lower, lim.safe_upper)), ("max_step", (lo, hi)),
