@@ -1,0 +1,267 @@
+"""Finding rosbag2 recordings, opening them with `rosbags`, and reading the mapped topics.
+
+No ROS needed: `rosbags.rosbag2.Reader` reads sqlite3 and MCAP bags, and a typestore built per bag
+deserialises them. Type definitions come, in order of preference, from the bag itself (Iron+ and MCAP
+bags embed them), from `--msg-dir` (custom .msg files), then from rosbags' built-in ROS 2 types.
+
+Every problem that makes a bag unusable raises `BagSkipped` with one sentence; the converter
+reports it and goes on with the next bag.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from class_ros.errors import ClassRosError
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+MARKER_TYPES = ("std_msgs/msg/Bool", "std_msgs/msg/Empty")
+
+
+class BagSkipped(ClassRosError):
+    """A bag that cannot be converted; the message says why in one sentence."""
+
+
+@dataclass
+class BagRef:
+    """One recording found under the given paths: a rosbag2 folder or a lone .mcap file."""
+
+    path: Path
+    problem: str = ""  # non-empty: skip this bag with this reason
+
+
+def find_bags(paths: list[str | Path]) -> list[BagRef]:
+    """Expand PATHs (bag folders, lone .mcap files, or folders of these) into bags, in a stable order."""
+    found: list[BagRef] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            found.append(BagRef(path, f"{path} does not exist"))
+        elif path.is_file():
+            if path.suffix == ".mcap":
+                found.append(BagRef(path))
+            elif path.suffix == ".db3":
+                found.append(BagRef(path, "a lone .db3 file cannot be read without its bag folder's metadata.yaml "
+                                          "(pass the folder, or run `ros2 bag reindex` on it)"))
+            else:
+                found.append(BagRef(path, f"{path.name} is neither a rosbag2 folder nor an .mcap file"))
+        else:
+            found.extend(_walk(path))
+    return found
+
+
+def _walk(folder: Path) -> list[BagRef]:
+    if (folder / "metadata.yaml").is_file():
+        return [BagRef(folder)]
+    out: list[BagRef] = []
+    if any(folder.glob("*.db3")):
+        out.append(BagRef(folder, "the folder holds .db3 files but no metadata.yaml (run `ros2 bag reindex` "
+                                  "on it to rebuild the metadata)"))
+    out += [BagRef(f) for f in sorted(folder.glob("*.mcap"))]
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        out += _walk(sub)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ types
+def load_msg_dir(msg_dir: str | Path | None) -> dict:
+    """Parse custom .msg files laid out as DIR/<package>/msg/<Name>.msg into a rosbags types dict."""
+    if msg_dir is None:
+        return {}
+    from rosbags.typesys import get_types_from_msg
+
+    root = Path(msg_dir)
+    if not root.is_dir():
+        raise ClassRosError(f"--msg-dir {root} is not a folder of <package>/msg/<Name>.msg files.")
+    files = sorted(root.rglob("*.msg"))
+    if not files:
+        raise ClassRosError(f"--msg-dir {root} holds no .msg files; lay them out as <package>/msg/<Name>.msg.")
+    typs: dict = {}
+    for f in files:
+        if f.parent.name != "msg":
+            raise ClassRosError(f"cannot tell the package of {f}; lay custom messages out as "
+                                "<package>/msg/<Name>.msg under --msg-dir.")
+        name = f"{f.parent.parent.name}/msg/{f.stem}"
+        try:
+            typs.update(get_types_from_msg(f.read_text(), name))
+        except Exception as err:  # rosbags raises its own parse errors
+            raise ClassRosError(f"{f} is not a valid .msg definition ({str(err).splitlines()[0]}).") from None
+    return typs
+
+
+def _embedded_types(conn) -> dict:
+    from rosbags.interfaces import MessageDefinitionFormat
+    from rosbags.typesys import get_types_from_idl, get_types_from_msg
+
+    fmt, text = conn.msgdef.format, conn.msgdef.data
+    if not text.strip():  # some writers store an empty definition: treat it as none
+        return {}
+    if fmt == MessageDefinitionFormat.MSG:
+        return get_types_from_msg(text, conn.msgtype)
+    if fmt == MessageDefinitionFormat.IDL:
+        sep = "=" * 80 + "\n"
+        typs: dict = {}
+        for part in text.split(sep)[1:] if text.startswith(sep) else [text]:
+            typs.update(get_types_from_idl(part.split("\n", 1)[1] if part.startswith("IDL: ") else part))
+        return typs
+    return {}
+
+
+def build_typestore(connections, extra_types: dict):
+    """A typestore with the bag's embedded definitions for `connections`, then --msg-dir, then built-in types."""
+    from rosbags.typesys import Stores, TypesysError, get_typestore
+
+    typs = dict(get_typestore(Stores.LATEST).fielddefs)
+    typs.update(extra_types)
+    for conn in connections:
+        try:
+            typs.update(_embedded_types(conn))
+        except (TypesysError, ValueError, IndexError) as err:  # a definition rosbags cannot parse
+            raise BagSkipped(f"the definition of {conn.msgtype} embedded for topic {conn.topic} cannot be parsed "
+                             f"({str(err).splitlines()[0][:120]})") from None
+    store = get_typestore(Stores.EMPTY)
+    store.register(typs)
+    for conn in connections:
+        if conn.msgtype not in store.types:
+            raise BagSkipped(f"message type {conn.msgtype} of topic {conn.topic} is unknown: the bag embeds no "
+                             "definition for it; pass --msg-dir with its <package>/msg/<Name>.msg file")
+    return store
+
+
+# ------------------------------------------------------------------------------------------ reading
+@dataclass
+class TopicData:
+    """The messages of one topic, in the order the storage yields them (receive order)."""
+
+    topic: str
+    msgtype: str
+    receive_ns: list[int] = field(default_factory=list)
+    messages: list = field(default_factory=list)  # deserialised; image topics keep only their header
+
+
+def is_service_event(topic: str, msgtype: str) -> bool:
+    return topic.endswith("/_service_event") or "/srv/" in msgtype
+
+
+def open_bag(path: Path):
+    """An open `rosbags.rosbag2.Reader`; BagSkipped when the files are missing, truncated or damaged."""
+    from rosbags.rosbag2 import Reader
+
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as err:  # rosbags, sqlite3 and the mcap parser raise many types for damaged files
+        raise BagSkipped(f"cannot open the bag ({_short(err)}); it is damaged, truncated or incomplete") from None
+    return reader
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
+
+
+def check_topics(reader, topics: list[str], marker_topic: str | None = None) -> dict[str, list]:
+    """{topic: its connections} for every mapped topic; BagSkipped naming a topic that is absent or unusable."""
+    by_topic: dict[str, list] = {}
+    for conn in reader.connections:
+        by_topic.setdefault(conn.topic, []).append(conn)
+    have = sorted(by_topic)
+    out = {}
+    for topic in topics:
+        conns = by_topic.get(topic)
+        if not conns:
+            raise BagSkipped(f"mapped topic {topic} is not in the bag (it has {', '.join(have) or 'no topics'})")
+        types = {c.msgtype for c in conns}
+        if len(types) > 1:
+            raise BagSkipped(f"topic {topic} carries several message types {sorted(types)}; map one per topic")
+        msgtype = types.pop()
+        if is_service_event(topic, msgtype):
+            raise BagSkipped(f"topic {topic} is a service-event topic ({msgtype}); service calls are not "
+                             "demonstration data, map message topics instead")
+        if topic == marker_topic and msgtype not in MARKER_TYPES:
+            raise BagSkipped(f"marker topic {topic} is {msgtype}; episode markers must be std_msgs/Bool or Empty")
+        out[topic] = conns
+    return out
+
+
+def explain_empty(reader, topic: str, conns: list) -> str:
+    """Why a topic read no messages: a metadata/storage QoS disagreement (rosbags then skips it) or no data."""
+    listed = sum(c.msgcount for c in conns)
+    if listed == 0:
+        return f"topic {topic} has no messages in this bag"
+    stored = [c for s in getattr(reader.storage, "storages", []) for c in s.connections if c.topic == topic]
+    if stored and all(s.ext != c.ext for s in stored for c in conns):
+        return (f"metadata.yaml lists {listed} messages on {topic} but reading yields none: metadata.yaml and the "
+                "storage file disagree about the topic's QoS profiles, so rosbags skips them; fix "
+                "offered_qos_profiles in metadata.yaml (or `ros2 bag reindex`) and convert again")
+    return (f"metadata.yaml lists {listed} messages on {topic} but reading yields none; the storage file and "
+            "metadata.yaml disagree")
+
+
+def read_topics(reader, conns_by_topic: dict[str, list], typestore, image_topics: set[str],
+                progress=None) -> dict[str, TopicData]:
+    """Deserialise every message of the mapped topics (image topics keep only their header)."""
+    out = {t: TopicData(t, c[0].msgtype) for t, c in conns_by_topic.items()}
+    conns = [c for cs in conns_by_topic.values() for c in cs]
+    try:
+        for conn, t_ns, raw in reader.messages(connections=conns):
+            data = out[conn.topic]
+            if conn.topic in image_topics:
+                # Only the stamp is needed now; the few sampled images are decoded in a second pass.
+                msg = _header_only(typestore, raw, conn.msgtype)
+            else:
+                msg = typestore.deserialize_cdr(raw, conn.msgtype)
+            data.receive_ns.append(int(t_ns))
+            data.messages.append(msg)
+            if progress is not None:
+                progress.update(1)
+    except BagSkipped:
+        raise
+    except Exception as err:
+        raise BagSkipped(f"reading stopped part-way ({_short(err)}); the file is damaged or truncated") from None
+    for topic, data in out.items():
+        if not data.messages:
+            raise BagSkipped(explain_empty(reader, topic, conns_by_topic[topic]))
+    return out
+
+
+class _Header:
+    """Just a message's header (image topics), so a bag's frames are not all held in memory."""
+
+    def __init__(self, header):
+        self.header = header
+
+
+def _header_only(typestore, raw, msgtype: str):
+    return _Header(typestore.deserialize_cdr(raw, msgtype).header)
+
+
+def iter_images(reader, conns: list, typestore, wanted: set[int]):
+    """Yield (ordinal, message) for the wanted ordinals of one image topic, in receive order."""
+    ordinal = -1
+    try:
+        for _conn, _t, raw in reader.messages(connections=conns):
+            ordinal += 1
+            if ordinal in wanted:
+                yield ordinal, typestore.deserialize_cdr(raw, conns[0].msgtype)
+    except Exception as err:
+        raise BagSkipped(f"reading images stopped part-way ({_short(err)}); the file is damaged or truncated") from None
+
+
+def stamp_ns(msg) -> int:
+    """The header stamp in ns, or 0 when the message has no header."""
+    header = getattr(msg, "header", None)
+    if header is None:
+        return 0
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def message_times(data: TopicData, time: str) -> np.ndarray:
+    """(N,) int64 ns per message: header stamps when asked for and non-zero, else receive times."""
+    recv = np.asarray(data.receive_ns, dtype=np.int64)
+    if time == "receive":
+        return recv
+    stamps = np.array([stamp_ns(m) for m in data.messages], dtype=np.int64)
+    return np.where(stamps > 0, stamps, recv)
