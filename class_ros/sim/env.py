@@ -29,6 +29,11 @@ SERVO_RATE_HZ = 100.0
 HOME_NOISE_RAD = 0.05
 
 
+def episode_seed(seed: int, index: int, stream: int = 0) -> int:
+    """The reset seed of episode `index` of a run seeded `seed`; streams (demos 0, evaluation 1) never share."""
+    return int(np.random.SeedSequence([int(seed), int(stream), int(index)]).generate_state(1)[0] >> 1)
+
+
 def asset_path(task: str) -> str:
     """Path of the MJCF scene file of `task`."""
     return str(resources.files("class_ros.sim") / "assets" / f"{check_task(task)}.xml")

@@ -198,3 +198,25 @@ class ScriptedExpert:
 def make_expert(task: str, rng: np.random.Generator) -> ScriptedExpert:
     """A scripted expert for one episode of `task`, its style drawn from `rng`."""
     return ScriptedExpert(task, rng)
+
+
+class ExpertPolicy:
+    """The scripted expert behind the policy interface (`reset`, `predict_action_chunk`), for evaluation
+    baselines and tests. It reads privileged state, so it needs the env it acts in."""
+
+    n_action_steps = 1
+
+    def __init__(self, env, seed: int = 0):
+        self.env = env
+        self._rng = np.random.default_rng(seed)
+        self._expert = None
+
+    def reset(self) -> None:
+        """Forget the episode: the next chunk starts a new expert (call after env.reset)."""
+        self._expert = None
+
+    def predict_action_chunk(self, obs) -> np.ndarray:
+        """(1, 7) the expert's next action; `obs` is not needed."""
+        if self._expert is None:
+            self._expert = make_expert(self.env.task, self._rng)
+        return self._expert.act(self.env)[None].astype(np.float32)

@@ -1,0 +1,171 @@
+"""`class-ros evaluate`: run a policy in the built-in simulator (directly, no ROS) and score it.
+
+Usage:
+    class-ros evaluate --run RUN --policy retrieval|diffusion --task lift --camera heldout \
+        --episodes 50 --seed 0 [--out eval.json] [--video 3] [--device cpu]
+
+Each episode resets the env with its own seed (the evaluation seed stream, so scenes differ from
+`sim-demos` scenes with the same --seed), asks the policy for an action chunk (H, 7) and executes its
+first `policy.n_action_steps` actions (8 when the policy does not say), until success or the task's
+time limit. Writes a JSON with the success rate and its 95% Wilson interval, per-episode success and
+completion times, and an mp4 of the first `--video` episodes; prints one summary line.
+`evaluate_policy` takes any object with `reset()` and `predict_action_chunk(obs) -> (H, 7)`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from class_ros.errors import ClassRosError
+
+DEFAULT_ACTION_STEPS = 8
+EVAL_STREAM = 1  # seed stream of evaluation episodes (sim-demos uses 0)
+VIDEO_MIN_SIDE = 288  # videos are upscaled (nearest) so 96x96 frames are watchable
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI arguments of `class-ros evaluate`."""
+    parser.add_argument("--run", required=True, help="run directory of the policy")
+    parser.add_argument("--policy", default="retrieval", choices=("retrieval", "diffusion"),
+                        help="policy kind (default retrieval)")
+    parser.add_argument("--task", default="lift", help="lift | push | pick_place (default lift)")
+    parser.add_argument("--camera", default="fixed", help="fixed | random | heldout | moving (default fixed)")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the episodes (default 0)")
+    parser.add_argument("--out", default=None, help="result JSON (default RUN/eval/<policy>_<task>_<camera>.json)")
+    parser.add_argument("--video", type=int, default=2, metavar="N", help="episodes in the mp4 (default 2; 0: none)")
+    parser.add_argument("--device", default="cpu", help="torch device of the policy (default cpu)")
+    parser.add_argument("--image-size", type=int, default=96, help="camera image size in pixels (default 96)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse-and-call for the CLI."""
+    try:
+        from class_ros.policy import load_policy
+    except ImportError as err:
+        raise ClassRosError(f"loading policies is not available yet ({err}); evaluate_policy() takes any "
+                            "object with reset() and predict_action_chunk(obs).") from err
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise ClassRosError(f"run directory {run_dir} does not exist; pass the folder a training step wrote.")
+    out = Path(args.out) if args.out else run_dir / "eval" / f"{args.policy}_{args.task}_{args.camera}.json"
+    policy = load_policy(run_dir, kind=args.policy, device=args.device)
+    video = out.with_suffix(".mp4") if args.video > 0 else None
+    result = evaluate_policy(policy, task=args.task, camera=args.camera, episodes=args.episodes, seed=args.seed,
+                             image_size=(args.image_size, args.image_size), video_path=video,
+                             video_episodes=args.video)
+    result.update(run=str(run_dir), policy=args.policy)
+    write_json(out, result)
+    print(f"evaluate: {args.policy} on {args.task}/{args.camera}: {summary_line(result)}; wrote {out}"
+          + (f" and {video}" if video else ""))
+    return 0
+
+
+def summary_line(result: dict) -> str:
+    """`success 17/20 = 85% (95% CI 64-95%)` for an evaluation result."""
+    return (f"success {result['successes']}/{result['episodes']} = {result['success_rate']:.0%} "
+            f"(95% CI {result['ci_low']:.0%}-{result['ci_high']:.0%})")
+
+
+def evaluate_policy(policy, task: str = "lift", camera: str = "fixed", episodes: int = 50, seed: int = 0, *,
+                    n_action_steps: int | None = None, image_size=(96, 96), video_path=None,
+                    video_episodes: int = 2, env=None, progress: bool = True) -> dict:
+    """Run `policy` for `episodes` episodes of `task` under `camera`; returns the result dict.
+
+    `policy` needs `reset()` and `predict_action_chunk(obs) -> (H, 7)` absolute targets. `env` lets a
+    caller pass its own ArmEnv (it is not closed here); otherwise one is made and closed.
+    """
+    from tqdm import tqdm
+
+    from class_ros.sim.env import ArmEnv, episode_seed
+    from class_ros.sim.stats import wilson_interval
+
+    if episodes < 1:
+        raise ClassRosError(f"--episodes must be at least 1, got {episodes}.")
+    steps_per_chunk = int(n_action_steps or getattr(policy, "n_action_steps", None) or DEFAULT_ACTION_STEPS)
+    own_env = env is None
+    if own_env:
+        env = ArmEnv(task, camera=camera, image_size=image_size)
+    if not env.render_images:
+        raise ClassRosError("evaluate_policy needs an ArmEnv that renders images (render_images=True).")
+    task, camera = env.task, env.camera_mode
+    video_episodes = video_episodes if video_path else 0
+    frames: list[np.ndarray] = []
+    per_episode, times, lengths, seeds = [], [], [], []
+    try:
+        for i in tqdm(range(episodes), desc=f"evaluate {task}/{camera}", unit="ep", disable=not progress):
+            ep_seed = episode_seed(seed, i, EVAL_STREAM)
+            obs = env.reset(ep_seed)
+            policy.reset()
+            if i < video_episodes:
+                frames.append(obs["agentview"])
+            done, info = False, {"success": False}
+            while not done:
+                chunk = np.asarray(policy.predict_action_chunk(obs), dtype=np.float64)
+                if chunk.ndim != 2 or chunk.shape[1] != 7 or len(chunk) == 0:
+                    raise ClassRosError(f"the policy returned an action chunk of shape {chunk.shape}; "
+                                        "the sim needs (H, 7) joint targets + gripper.")
+                for action in chunk[:steps_per_chunk]:
+                    obs, _, done, info = env.step(action)
+                    if i < video_episodes:
+                        frames.append(obs["agentview"])
+                    if done:
+                        break
+            per_episode.append(bool(info["success"]))
+            times.append(round(env.sim_time, 3) if info["success"] else None)
+            lengths.append(env.steps)
+            seeds.append(ep_seed)
+        control_rate = env.control_rate_hz
+    finally:
+        if own_env:
+            env.close()
+
+    successes = int(sum(per_episode))
+    lo, hi = wilson_interval(successes, episodes)
+    done_times = [t for t in times if t is not None]
+    result = {
+        "task": task, "camera": camera, "episodes": episodes, "seed": seed, "successes": successes,
+        "success_rate": successes / episodes, "ci_low": lo, "ci_high": hi, "ci95": [lo, hi],
+        "episode_success": per_episode, "completion_time_s": times,
+        "mean_completion_time_s": float(np.mean(done_times)) if done_times else None,
+        "episode_steps": lengths, "episode_seeds": seeds, "n_action_steps": steps_per_chunk, "video": None,
+    }
+    if frames:
+        result["video"] = str(write_video(frames, video_path, fps=control_rate))
+    return result
+
+
+def write_video(frames: list[np.ndarray], path, fps: float) -> Path:
+    """Write RGB frames (H, W, 3) uint8 as an mp4 (upscaled to be watchable), atomically."""
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w, _ = frames[0].shape
+    scale = max(1, int(np.ceil(VIDEO_MIN_SIDE / min(h, w))))
+    tmp = path.with_name(f".{path.stem}.tmp.mp4")  # the suffix tells OpenCV the container
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w * scale, h * scale))
+    if not writer.isOpened():
+        raise ClassRosError(f"OpenCV cannot write an mp4 at {path}; check the folder is writable.")
+    try:
+        for f in frames:
+            big = cv2.resize(f, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+            writer.write(cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path, data: dict) -> Path:
+    """Write `data` as JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    return path

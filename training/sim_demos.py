@@ -1,0 +1,223 @@
+"""`class-ros sim-demos`: record scripted demonstrations in the built-in MuJoCo arm world as rosbag2.
+
+Usage:
+    class-ros sim-demos --task lift --episodes 50 --camera random --storage mcap --out bags/ [--seed 0]
+
+Each kept episode becomes one bag, `OUT/episode_0000`, ..., holding what `ros2 bag record` on the
+sim graph would have recorded, stamped from simulation time (starting at `EPOCH_NS`, one hour apart
+per episode):
+    /camera/image_raw                      sensor_msgs/Image rgb8, frame_id `agentview`, 30 Hz
+    /joint_states                          sensor_msgs/JointState (JOINT_NAMES; position, velocity,
+                                           effort), 100 Hz
+    /forward_position_controller/commands  std_msgs/Float64MultiArray, 6 arm targets (rad), 10 Hz
+    /gripper_controller/commands           std_msgs/Float64MultiArray, 1 value (0 open .. 1 closed), 10 Hz
+A command follows the observation it was computed from by one physics step (2 ms), as it would leave
+a fast policy node; the sim applies it from that moment. Only successful expert episodes are kept
+unless `--keep-failed`; OUT/sim_demos.json records how many were tried.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from class_ros.errors import ClassRosError
+
+IMAGE_TOPIC = "/camera/image_raw"
+JOINT_STATES_TOPIC = "/joint_states"
+ARM_COMMAND_TOPIC = "/forward_position_controller/commands"
+GRIPPER_COMMAND_TOPIC = "/gripper_controller/commands"
+CAMERA_FRAME = "agentview"
+CAMERA_RATE_HZ = 30.0
+JOINT_STATE_RATE_HZ = 100.0
+EPOCH_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z: bags carry realistic wall-clock stamps
+EPISODE_SPACING_NS = 3600 * 10**9
+STORAGES = ("mcap", "sqlite3")
+DEMO_STREAM = 0  # seed stream of demonstrations (evaluation uses another, so scenes differ)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI arguments of `class-ros sim-demos`."""
+    parser.add_argument("--task", default="lift", help="lift | push | pick_place (default lift)")
+    parser.add_argument("--episodes", type=int, default=50, help="successful episodes to record (default 50)")
+    parser.add_argument("--camera", default="random", help="fixed | random | moving | heldout (default random)")
+    parser.add_argument("--storage", default="mcap", choices=STORAGES, help="rosbag2 storage (default mcap)")
+    parser.add_argument("--out", required=True, help="folder for the bags (created; must hold no episode_* yet)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the episodes (default 0)")
+    parser.add_argument("--image-size", type=int, nargs="+", default=[96], metavar="PX",
+                        help="image height [width] in pixels (default 96)")
+    parser.add_argument("--keep-failed", action="store_true", help="also keep episodes the expert failed")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse-and-call for the CLI."""
+    size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
+    summary = record_demos(args.task, args.episodes, args.camera, args.storage, args.out, seed=args.seed,
+                           image_size=tuple(size[:2]), keep_failed=args.keep_failed)
+    print(f"sim-demos: {summary['episodes_kept']} {args.task} episodes written to {summary['out']} "
+          f"(expert success {summary['expert_successes']}/{summary['episodes_tried']} = "
+          f"{summary['expert_success_rate']:.0%}; summary in {summary['summary_path']})")
+    return 0
+
+
+def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed: int = 0,
+                 image_size=(96, 96), keep_failed: bool = False, max_attempts: int | None = None,
+                 progress: bool = True) -> dict:
+    """Record `episodes` expert episodes as rosbag2 folders under `out`; returns a summary dict."""
+    from tqdm import tqdm
+
+    from class_ros.sim.cameras import check_mode
+    from class_ros.sim.env import ArmEnv, episode_seed
+    from class_ros.sim.tasks import check_task
+
+    check_task(task)
+    check_mode(camera)
+    if storage not in STORAGES:
+        raise ClassRosError(f"unknown bag storage {storage!r}; use mcap or sqlite3.")
+    if episodes < 1:
+        raise ClassRosError(f"--episodes must be at least 1, got {episodes}.")
+    size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(int(s) for s in image_size)
+    out = Path(out)
+    existing = sorted(out.glob("episode_*")) if out.is_dir() else []
+    if existing:
+        raise ClassRosError(f"{out} already holds {existing[0].name}; choose an empty --out folder or remove it.")
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / ".partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run: never half-written bags
+    partial.mkdir()
+    max_attempts = max_attempts or 2 * episodes + 10
+
+    kept, tried, successes, seeds, lengths = [], 0, 0, [], []
+    bar = tqdm(total=episodes, desc=f"sim-demos {task}", unit="ep", disable=not progress)
+    with ArmEnv(task, camera=camera, image_size=size, render_images=False) as env:
+        while len(kept) < episodes and tried < max_attempts:
+            ep_seed = episode_seed(seed, tried, DEMO_STREAM)
+            name = f"episode_{len(kept):04d}"
+            tmp = partial / name
+            ok, steps = record_episode(env, ep_seed, tmp, storage, EPOCH_NS + tried * EPISODE_SPACING_NS)
+            tried += 1
+            successes += ok
+            if ok or keep_failed:
+                os.replace(tmp, out / name)
+                kept.append(name)
+                seeds.append(ep_seed)
+                lengths.append(steps)
+                bar.update(1)
+            else:
+                shutil.rmtree(tmp)
+            bar.set_postfix(success=f"{successes}/{tried}")
+    bar.close()
+    shutil.rmtree(partial, ignore_errors=True)
+
+    summary = {
+        "task": task, "camera": camera, "storage": storage, "out": str(out), "seed": seed,
+        "image_size": list(size), "episodes_requested": episodes, "episodes_kept": len(kept),
+        "episodes_tried": tried, "expert_successes": successes,
+        "expert_success_rate": successes / tried if tried else 0.0, "keep_failed": keep_failed,
+        "bags": kept, "episode_seeds": seeds, "episode_control_steps": lengths,
+        "topics": [IMAGE_TOPIC, JOINT_STATES_TOPIC, ARM_COMMAND_TOPIC, GRIPPER_COMMAND_TOPIC],
+    }
+    summary_path = out / "sim_demos.json"
+    tmp_json = out / ".sim_demos.json.tmp"
+    tmp_json.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp_json, summary_path)
+    summary["summary_path"] = str(summary_path)
+    if len(kept) < episodes:
+        print(f"sim-demos: warning: only {len(kept)} of {episodes} episodes succeeded in {tried} tries.")
+    return summary
+
+
+class _BagTopics:
+    """A rosbag2 writer with the four sim topics and the message constructors they need."""
+
+    def __init__(self, path: Path, storage: str):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.typesys import Stores, get_typestore
+
+        self.ts = get_typestore(Stores.ROS2_KILTED)
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self.writer = Writer(path, version=9, storage_plugin=plugin)
+        self.writer.open()
+        add = lambda topic, msgtype: self.writer.add_connection(topic, msgtype, typestore=self.ts)  # noqa: E731
+        self.image = add(IMAGE_TOPIC, "sensor_msgs/msg/Image")
+        self.joints = add(JOINT_STATES_TOPIC, "sensor_msgs/msg/JointState")
+        self.arm = add(ARM_COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray")
+        self.gripper = add(GRIPPER_COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray")
+        t = self.ts.types
+        self._Header, self._Time = t["std_msgs/msg/Header"], t["builtin_interfaces/msg/Time"]
+        self._Image, self._JointState = t["sensor_msgs/msg/Image"], t["sensor_msgs/msg/JointState"]
+        self._F64, self._Layout = t["std_msgs/msg/Float64MultiArray"], t["std_msgs/msg/MultiArrayLayout"]
+
+    def _write(self, conn, stamp_ns: int, msg) -> None:
+        self.writer.write(conn, stamp_ns, self.ts.serialize_cdr(msg, msg.__msgtype__))
+
+    def _header(self, stamp_ns: int, frame_id: str):
+        return self._Header(stamp=self._Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame_id)
+
+    def write_image(self, stamp_ns: int, img: np.ndarray) -> None:
+        h, w, _ = img.shape
+        msg = self._Image(header=self._header(stamp_ns, CAMERA_FRAME), height=h, width=w, encoding="rgb8",
+                          is_bigendian=0, step=w * 3, data=np.ascontiguousarray(img).reshape(-1))
+        self._write(self.image, stamp_ns, msg)
+
+    def write_joint_state(self, stamp_ns: int, names: list[str], pos, vel, effort) -> None:
+        msg = self._JointState(header=self._header(stamp_ns, ""), name=names,
+                               position=np.asarray(pos, np.float64), velocity=np.asarray(vel, np.float64),
+                               effort=np.asarray(effort, np.float64))
+        self._write(self.joints, stamp_ns, msg)
+
+    def write_commands(self, stamp_ns: int, action: np.ndarray) -> None:
+        layout = self._Layout(dim=[], data_offset=0)
+        self._write(self.arm, stamp_ns, self._F64(layout=layout, data=np.asarray(action[:6], np.float64)))
+        self._write(self.gripper, stamp_ns, self._F64(layout=layout, data=np.asarray(action[6:7], np.float64)))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def record_episode(env, ep_seed: int, path: Path, storage: str, start_ns: int) -> tuple[bool, int]:
+    """Run one expert episode in `env`, writing its bag to `path`; returns (success, control steps)."""
+    from class_ros.sim.expert import make_expert
+    from class_ros.sim.robot import JOINT_NAMES
+
+    env.reset(ep_seed)
+    expert = make_expert(env.task, np.random.default_rng([ep_seed, 1]))
+    dt = env.model.opt.timestep
+    # The timeline in whole physics steps: every event of the episode happens on one.
+    per_control = int(round(1.0 / (env.control_rate_hz * dt)))
+    per_joint_state = int(round(1.0 / (JOINT_STATE_RATE_HZ * dt)))
+    camera_period = 1.0 / (CAMERA_RATE_HZ * dt)  # not whole: frames land on the next physics step
+    stamp = lambda step: start_ns + int(round(step * dt * 1e9))  # noqa: E731
+    names = list(JOINT_NAMES)
+    bag = _BagTopics(path, storage)
+    try:
+        step, frame, pending = 0, 0, None
+        while True:
+            if step == int(np.ceil(frame * camera_period - 1e-9)):
+                bag.write_image(stamp(step), env.render())
+                frame += 1
+            if step % per_joint_state == 0:
+                effort = np.append(env.data.actuator_force[:6], env.data.actuator_force[6])
+                bag.write_joint_state(stamp(step), names, env.joint_positions(), env.joint_velocities(), effort)
+            if pending is not None:  # the command computed one physics step ago arrives now
+                env.set_targets(pending)
+                bag.write_commands(stamp(step), pending)
+                pending = None
+            if step % per_control == 0:
+                env.steps = step // per_control
+                env.success = env.success or env.check_success()
+                if env.success or env.steps >= env.max_steps:
+                    break
+                pending = expert.act(env)
+            next_step = min(int(np.ceil(frame * camera_period - 1e-9)),
+                            (step // per_joint_state + 1) * per_joint_state,
+                            step + 1 if pending is not None else (step // per_control + 1) * per_control)
+            env.advance((next_step - step) * dt)
+            step = next_step
+    finally:
+        bag.close()
+    return bool(env.success), env.steps
