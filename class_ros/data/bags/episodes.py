@@ -13,7 +13,8 @@ import numpy as np
 
 from class_ros.data.bags import fields as fp
 from class_ros.data.bags.mapping import Mapping, Source
-from class_ros.data.bags.reading import (IMAGE_TYPES, BagSkipped, build_typestore, check_topics, iter_images,
+from class_ros.data.bags.reading import (IMAGE_TYPES, BagSkipped, build_typestore, check_readable, check_topics,
+                                         iter_images,
                                          message_times, open_bag, read_topics, stamp_ns)
 from class_ros.data.bags.sync import NS, Sampled, Track, frame_grid, sample, split_windows
 from class_ros.data.images import UnsupportedEncoding, decode_compressed, decode_image, preprocess
@@ -136,6 +137,7 @@ def _convert_open(reader, mapping: Mapping, extra_types: dict, progress) -> BagR
                              "CompressedImage")
         if not src.image and src.topic in image_topics:
             raise BagSkipped(f"key {name} reads fields of image topic {src.topic}; map images with `image:` only")
+    check_readable(reader, conns)
     typestore = build_typestore([c for cs in conns.values() for c in cs], extra_types)
     data = read_topics(reader, conns, typestore, image_topics, progress)
     result = BagResult(messages=sum(len(d.messages) for d in data.values()))
@@ -212,7 +214,9 @@ def _sample_window(t: np.ndarray, keys: dict[str, KeyTracks], mapping: Mapping) 
     for name, src in mapping.observations.items():
         sampled[name] = sample(keys[name].tracks, t, src.max_age_s)
     if mapping.action_sources:
-        parts = [sample(keys[f"action[{i}]"].tracks, t, s.max_age_s) for i, s in enumerate(mapping.action_sources)]
+        t_cmd = t + int(round(mapping.lookahead_s * NS))  # the command sent in response to frame t
+        parts = [sample(keys[f"action[{i}]"].tracks, t_cmd, s.max_age_s)
+                 for i, s in enumerate(mapping.action_sources)]
         missing = np.any([p.missing for p in parts], axis=0)
         age = np.where(missing, np.nan, np.max([np.nan_to_num(p.age_s) for p in parts], axis=0))
         action = Sampled(np.concatenate([p.values for p in parts], axis=1), age, missing,

@@ -18,6 +18,12 @@ Layout (see `config/mappings/sim.yaml` and `real_arm_example.yaml` for commented
         - {topic: /forward_position_controller/commands, field: data, names: [j1, j2]}
         - {topic: /gripper_controller/commands, field: data, names: [gripper]}
       # or: next_observation: joint_pos   (the next frame's value of an observation key)
+      lookahead_s: 0.005              # optional: sample commands as-of t + lookahead_s (see below)
+
+Every key is sampled as-of the frame time t: the latest message at or before t, never a later one.
+The one exception is `action.lookahead_s` (default 0): a policy or teleop node publishes the command
+computed from the frame at t a few milliseconds after t, so a small lookahead pairs each frame with
+its own command instead of the previous one. Observations never look ahead.
 """
 from __future__ import annotations
 
@@ -68,6 +74,7 @@ class Mapping:
     action_sources: list[Source]
     next_observation: str | None = None
     action_kind: str = "joint_position"
+    lookahead_s: float = 0.0
     time: str = "header"
     marker_topic: str | None = None
     gap_s: float | None = None
@@ -169,9 +176,14 @@ def parse_mapping(d: dict, path: str = "") -> Mapping:
     act = d["action"]
     if not isinstance(act, dict):
         raise _fail("action", "must hold 'sources' (a list of topics) or 'next_observation' (a key name).")
-    unknown = set(act) - {"sources", "next_observation", "kind"}
+    unknown = set(act) - {"sources", "next_observation", "kind", "lookahead_s"}
     if unknown:
-        raise _fail("action", f"unknown entries {sorted(unknown)}; allowed: sources, next_observation, kind.")
+        raise _fail("action", f"unknown entries {sorted(unknown)}; allowed: sources, next_observation, kind, "
+                              "lookahead_s.")
+    lookahead = act.get("lookahead_s", 0.0)
+    if not isinstance(lookahead, (int, float)) or not 0.0 <= lookahead < 1.0 / rate:
+        raise _fail("action.lookahead_s", f"must be at least 0 and below one frame period ({1.0 / rate:g} s), "
+                                          f"got {lookahead}.")
     nxt = act.get("next_observation")
     sources_raw = act.get("sources") or []
     if isinstance(sources_raw, dict):
@@ -196,7 +208,8 @@ def parse_mapping(d: dict, path: str = "") -> Mapping:
     if not isinstance(d["reference"], str) or not d["reference"]:
         raise _fail("reference", "must be a topic name.")
     return Mapping(rate_hz=rate, reference=d["reference"], observations=observations, action_sources=sources,
-                   next_observation=nxt, action_kind=kind, time=time, marker_topic=episodes.get("marker_topic"),
+                   next_observation=nxt, action_kind=kind, lookahead_s=lookahead, time=time,
+                   marker_topic=episodes.get("marker_topic"),
                    gap_s=gap, path=path)
 
 

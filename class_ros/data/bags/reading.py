@@ -200,6 +200,17 @@ def explain_empty(reader, topic: str, conns: list) -> str:
             "metadata.yaml disagree")
 
 
+def check_readable(reader, conns_by_topic: dict[str, list]) -> None:
+    """BagSkipped with the reason when a mapped topic yields no message at all (checked before decoding)."""
+    for topic, conns in conns_by_topic.items():
+        try:
+            first = next(iter(reader.messages(connections=conns)), None)
+        except Exception as err:
+            raise BagSkipped(f"reading {topic} failed ({_short(err)}); the file is damaged or truncated") from None
+        if first is None:
+            raise BagSkipped(explain_empty(reader, topic, conns))
+
+
 def read_topics(reader, conns_by_topic: dict[str, list], typestore, image_topics: set[str],
                 progress=None) -> dict[str, TopicData]:
     """Deserialise every message of the mapped topics (image topics keep only their header)."""
