@@ -239,7 +239,7 @@ class RunDir:
         flat = {f"{g}/{k}": v.detach().cpu().clone() for g, sd in groups.items() for k, v in sd.items()}
         path = self.path / f"{name}.safetensors"
         atomic_write_bytes(path, save(flat, metadata={k: str(v) for k, v in (metadata or {}).items()}))
-        self._record_file(path)
+        self.record_file(path)
         return path
 
     def has_weights(self, name: str) -> bool:
@@ -250,7 +250,7 @@ class RunDir:
         from safetensors.torch import load
 
         path = self.path / f"{name}.safetensors"
-        data = self._read_checked(path)
+        data = self.read_checked(path)
         try:
             flat = load(data)
         except Exception as err:  # safetensors raises its own error type for damaged headers
@@ -261,12 +261,14 @@ class RunDir:
             groups.setdefault(group, {})[param] = value.to(device)
         return groups
 
-    def _record_file(self, path: Path) -> None:
+    def record_file(self, path: Path) -> None:
+        """Record a file's size and sha256 in meta.json (call after writing any file of the run)."""
         self.meta.setdefault("files", {})[path.relative_to(self.path).as_posix()] = {
             "bytes": path.stat().st_size, "sha256": _sha256(path)}
         self._write_meta()
 
-    def _read_checked(self, path: Path) -> bytes:
+    def read_checked(self, path: Path) -> bytes:
+        """The bytes of a recorded file, refusing a missing, truncated or altered one."""
         rel = path.relative_to(self.path).as_posix()
         record = self.meta.get("files", {}).get(rel)
         if not path.is_file() or record is None:
@@ -291,10 +293,10 @@ class RunDir:
         folder = self.path / TRAIN_STATE
         folder.mkdir(exist_ok=True)
         atomic_write_bytes(folder / "state.safetensors", save(tensors))
-        self._record_file(folder / "state.safetensors")
+        self.record_file(folder / "state.safetensors")
         # Both files are checksummed in meta.json, so a crash between the writes is refused on load.
         atomic_write_text(folder / "state.json", json.dumps(skeleton))
-        self._record_file(folder / "state.json")
+        self.record_file(folder / "state.json")
 
     def has_train_state(self) -> bool:
         return (self.path / TRAIN_STATE / "state.json").is_file()
@@ -304,8 +306,8 @@ class RunDir:
         from safetensors.torch import load
 
         folder = self.path / TRAIN_STATE
-        skeleton = json.loads(self._read_checked(folder / "state.json"))
-        data = self._read_checked(folder / "state.safetensors")
+        skeleton = json.loads(self.read_checked(folder / "state.json"))
+        data = self.read_checked(folder / "state.safetensors")
         try:
             tensors = {k: v.to(device) for k, v in load(data).items()}
         except Exception as err:
@@ -319,5 +321,5 @@ class RunDir:
 
     def train_state_values(self) -> dict:
         """The plain (non-tensor) values saved with the train state, e.g. {"step": 120, "rng_seed": 3}."""
-        skeleton = json.loads(self._read_checked(self.path / TRAIN_STATE / "state.json"))
+        skeleton = json.loads(self.read_checked(self.path / TRAIN_STATE / "state.json"))
         return {k: v for k, v in skeleton["__dict__"] if not isinstance(v, dict)}

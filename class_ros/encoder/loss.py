@@ -12,7 +12,9 @@ def soft_infonce(z: torch.Tensor, weights: torch.Tensor, temperature: float) -> 
     log p_ij = s_ij - logsumexp_{k != i} s_ik,  s = z z^T / temperature. The diagonal never counts.
     """
     B = z.shape[0]  # batch
-    z = F.normalize(z.float(), dim=1)
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()  # AMP features: the softmax needs full precision
+    z = F.normalize(z, dim=1)
     eye = torch.eye(B, dtype=torch.bool, device=z.device)
     s = (z @ z.T / temperature).masked_fill(eye, float("-inf"))  # self excluded from the denominator
     log_p = (s - torch.logsumexp(s, dim=1, keepdim=True)).masked_fill(eye, 0.0)  # avoid 0 * -inf

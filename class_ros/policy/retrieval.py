@@ -1,0 +1,223 @@
+"""Retrieval ("non-parametric") control, METHOD.md section 3: kNN over CLASS embeddings of the demonstrations.
+
+An index lives in a pre-training run's `index/` folder (built by `class-ros index`):
+    index/faiss.index   the faiss index of L2-normalised observation features (faiss's own format)
+    index/data.npz      chunks (N, H, D) float32 unnormalised action chunks aligned with the index rows,
+                        frames (N,) and episodes (N,) of each row
+    index/index.json    RetrievalConfig, kind of index, recall@k measured at build time, dataset fingerprint
+
+    policy = RetrievalPolicy.load("runs/class")
+    chunk = policy.predict_action_chunk({"agentview": img, "joint_pos": q})   # (H, D)
+    policy.last_confidence.nearest_distance   # 1 - cos to the closest demonstration frame
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from class_ros.errors import ClassRosError
+
+INDEX_DIR = "index"
+MODES = ("mean", "sample")
+
+
+@dataclass
+class RetrievalConfig:
+    """Query and index settings; stored in index/index.json, overridable when loading the policy."""
+
+    k: int = 64  # neighbours
+    tau: float = 0.01  # softmax temperature over cosine distances (0.02 for moving cameras)
+    mode: str = "mean"  # "mean": weighted mean chunk; "sample": one chunk drawn by weight
+    n_action_steps: int = 8  # steps executed per chunk before re-querying
+    approx_threshold: int = 50_000  # above this many rows, an HNSW index replaces exact search
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 256
+
+    def __post_init__(self):
+        if self.k < 1 or self.tau <= 0 or self.n_action_steps < 1:
+            raise ClassRosError(f"retrieval needs k >= 1, tau > 0 and n_action_steps >= 1; got k={self.k}, "
+                                f"tau={self.tau}, n_action_steps={self.n_action_steps}.")
+        if self.mode not in MODES:
+            raise ClassRosError(f"retrieval mode {self.mode!r} is not one of {MODES}.")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RetrievalConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class RetrievalConfidence:
+    """How familiar the last observation looked: the robot side can stop on out-of-distribution inputs."""
+
+    nearest_distance: float  # 1 - cos to the closest stored observation (0 = seen exactly)
+    weight_entropy: float  # entropy (nats) of the neighbour weights; log(k) = no neighbour stands out
+    nearest_frame: int  # dataset frame of the closest neighbour
+    k: int
+
+
+# ------------------------------------------------------------------------------------------ faiss helpers
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """(N, E) -> (N, E) float32 with unit L2 rows (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norm, 1e-12), dtype=np.float32)
+
+
+def build_faiss_index(emb: np.ndarray, cfg: RetrievalConfig):
+    """(index, kind): exact inner product up to cfg.approx_threshold rows, HNSW above. emb: (N, E) unit rows."""
+    import faiss
+
+    n, e = emb.shape  # rows, feature width
+    if n <= cfg.approx_threshold:
+        index, kind = faiss.IndexFlatIP(e), "flat"
+    else:
+        index, kind = faiss.IndexHNSWFlat(e, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT), "hnsw"
+        index.hnsw.efConstruction = cfg.ef_construction
+        index.hnsw.efSearch = cfg.ef_search
+    index.add(emb)
+    return index, kind
+
+
+def recall_at_k(index, emb: np.ndarray, k: int, n_queries: int = 256, seed: int = 0) -> float:
+    """Fraction of the exact top-k (flat inner product) that `index` returns, on stored rows as queries."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    k = min(k, len(emb))
+    q = emb[rng.choice(len(emb), size=min(n_queries, len(emb)), replace=False)]
+    exact = faiss.IndexFlatIP(emb.shape[1])
+    exact.add(emb)
+    _, want = exact.search(q, k)
+    _, got = index.search(q, k)
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(want, got)]))
+
+
+def to_gpu_if_possible(index, device: str):
+    """Move a flat index to GPU faiss when `device` is CUDA and this faiss build has GPUs; else unchanged."""
+    import faiss
+
+    if not str(device).startswith("cuda") or not hasattr(faiss, "StandardGpuResources"):
+        return index
+    if faiss.get_num_gpus() < 1 or not isinstance(index, faiss.IndexFlat):
+        return index
+    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+
+
+def save_index(run, index, chunks: np.ndarray, frames: np.ndarray, episodes: np.ndarray, info: dict) -> Path:
+    """Write index/ into the run directory (faiss format + npz + JSON, each atomic and checksummed)."""
+    import faiss
+
+    from class_ros.data.rundir import atomic_write_bytes, atomic_write_text
+
+    folder = Path(run.path) / INDEX_DIR
+    folder.mkdir(exist_ok=True)
+    atomic_write_bytes(folder / "faiss.index", faiss.serialize_index(index).tobytes())
+    buf = io.BytesIO()
+    np.savez(buf, chunks=chunks.astype(np.float32), frames=frames.astype(np.int64), episodes=episodes.astype(np.int64))
+    atomic_write_bytes(folder / "data.npz", buf.getvalue())
+    atomic_write_text(folder / "index.json", json.dumps(info, indent=1, sort_keys=True))
+    for name in ("faiss.index", "data.npz", "index.json"):
+        run.record_file(folder / name)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ the policy
+class RetrievalPolicy:
+    """Weighted kNN over demonstration frames: softmax(-d / tau) over the k nearest, d = 1 - cos."""
+
+    def __init__(self, encoder, index, chunks: np.ndarray, frames: np.ndarray, config: RetrievalConfig,
+                 meta: dict, device: str = "cpu", seed: int = 0):
+        self.encoder = encoder.eval()
+        self.index = index
+        self.chunks = chunks  # (N, H, D) unnormalised
+        self.frames = frames  # (N,)
+        self.config = config
+        self.device = device
+        self.action_names = list(meta.get("action_names", []))
+        self.action_kind = meta.get("action_kind", "other")
+        self.joint_names = list(meta.get("joint_names", []))
+        self.control_rate_hz = float(meta.get("control_rate_hz", 10.0))
+        self.n_action_steps = config.n_action_steps
+        self.horizon = chunks.shape[1]
+        self.last_confidence: RetrievalConfidence | None = None
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, device: str = "cpu", **overrides) -> "RetrievalPolicy":
+        """Load the EMA encoder and the index of a pre-training run; `overrides` change RetrievalConfig fields."""
+        import faiss
+        import torch
+
+        from class_ros.data.rundir import RunDir
+        from class_ros.encoder.config import EncoderConfig
+        from class_ros.encoder.model import ObservationEncoder
+
+        run = RunDir.open(run_dir, "encoder")
+        folder = run.path / INDEX_DIR
+        if not (folder / "index.json").is_file():
+            raise ClassRosError(f"{run.path} has no retrieval index; build it with `class-ros index --run "
+                                f"{run.path} --dataset DATASET`.")
+        info = json.loads(run.read_checked(folder / "index.json"))
+        config = RetrievalConfig.from_dict({**info["config"], **overrides})
+        encoder = ObservationEncoder(EncoderConfig.from_dict(run.load_config()["encoder"]))
+        encoder.load_state_dict(run.load_weights("encoder", device="cpu")["ema"])
+        index = faiss.deserialize_index(np.frombuffer(run.read_checked(folder / "faiss.index"), dtype=np.uint8))
+        if isinstance(index, faiss.IndexHNSW):
+            index.hnsw.efSearch = max(config.ef_search, config.k)
+        with np.load(io.BytesIO(run.read_checked(folder / "data.npz")), allow_pickle=False) as data:
+            chunks, frames = data["chunks"], data["frames"]
+        if index.ntotal != len(chunks):
+            raise ClassRosError(f"{folder}: the index holds {index.ntotal} rows but data.npz {len(chunks)}; rebuild "
+                                "it with `class-ros index`.")
+        return cls(encoder.to(device), to_gpu_if_possible(index, device), chunks, frames, config, run.meta,
+                   device=device)
+
+    def reset(self) -> None:
+        """Start of an episode: forget the last confidence, restart the sampling stream."""
+        self.last_confidence = None
+        self._rng = np.random.default_rng(self._seed)
+
+    def embed(self, obs: dict) -> np.ndarray:
+        """One observation {camera: (H, W, 3) uint8, proprio: (d,)} -> (F,) unit-norm float32 feature."""
+        import torch
+
+        batch = {}
+        for name, value in obs.items():
+            t = torch.as_tensor(np.asarray(value))
+            batch[name] = t.unsqueeze(0).to(self.device)
+        with torch.no_grad():
+            feat = self.encoder(batch)[0].float().cpu().numpy()
+        if not np.isfinite(feat).all():
+            raise ClassRosError("the observation produced a non-finite embedding; check the image and joint state.")
+        return normalize_rows(feat[None])[0]
+
+    def predict_from_embedding(self, feature: np.ndarray) -> np.ndarray:
+        """(F,) feature (normalised here) -> (H, D) float32 action chunk; updates last_confidence."""
+        q = normalize_rows(np.asarray(feature, dtype=np.float32).reshape(1, -1))
+        k = min(self.config.k, len(self.chunks))
+        sims, ids = self.index.search(q, k)
+        keep = ids[0] >= 0  # approximate indexes may return fewer than k
+        ids, dist = ids[0][keep], 1.0 - sims[0][keep].astype(np.float64)
+        logits = -dist / self.config.tau
+        w = np.exp(logits - logits.max())
+        w /= w.sum()
+        entropy = float(-(w * np.log(np.maximum(w, 1e-300))).sum())
+        self.last_confidence = RetrievalConfidence(nearest_distance=float(dist.min()), weight_entropy=entropy,
+                                                   nearest_frame=int(self.frames[ids[np.argmin(dist)]]), k=len(ids))
+        if self.config.mode == "sample":
+            return self.chunks[ids[self._rng.choice(len(ids), p=w)]].astype(np.float32)
+        return np.tensordot(w, self.chunks[ids].astype(np.float64), axes=1).astype(np.float32)
+
+    def predict_action_chunk(self, obs: dict) -> np.ndarray:
+        """One observation -> (H, D) unnormalised np.float32 action chunk."""
+        return self.predict_from_embedding(self.embed(obs))
+

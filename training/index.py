@@ -1,0 +1,101 @@
+"""Build the retrieval index of a pre-training run: embed every dataset frame with the EMA encoder.
+
+Usage:
+    class-ros index --run runs/class --dataset data/sim
+    class-ros index --run runs/class --dataset data/sim --k 32 --tau 0.02 --mode sample
+
+Features are the policy's observation feature (image features + normalised proprio), L2-normalised.
+Up to --approx-threshold rows the index is exact (faiss inner product); above it an HNSW index is built
+and its recall@k against exact search is measured and stored. The index, the aligned action chunks and
+the settings go to RUN/index/.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+from class_ros.errors import ClassRosError
+
+
+def embed_dataset(encoder, store, batch_size: int = 256, device: str = "cpu", progress: bool = True) -> np.ndarray:
+    """(N, F) float32 observation features of every frame, in frame order (evaluation mode: centre crop)."""
+    import torch
+    from tqdm import tqdm
+
+    from class_ros.data.schema import obs_key
+
+    cfg = encoder.config
+    names = cfg.image_keys + cfg.proprio_keys
+    encoder.eval()
+    out = []
+    for start in tqdm(range(0, store.n_frames, batch_size), desc="embed", disable=not progress):
+        idx = np.arange(start, min(start + batch_size, store.n_frames))
+        batch = {n: torch.from_numpy(np.asarray(store.read(obs_key(n), idx))).to(device) for n in names}
+        with torch.no_grad():
+            out.append(encoder(batch).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def build_index(run, dataset, *, k: int | None = None, tau: float | None = None, mode: str | None = None,
+                n_action_steps: int | None = None, approx_threshold: int | None = None, device: str | None = None,
+                progress: bool = True) -> dict:
+    """Embed `dataset` with the EMA encoder of `run`, build and save the faiss index; returns a summary."""
+    import torch
+
+    from class_ros.data.rundir import RunDir
+    from class_ros.data.store import EpisodeStore
+    from class_ros.encoder.config import EncoderConfig
+    from class_ros.encoder.model import ObservationEncoder
+    from class_ros.policy.retrieval import RetrievalConfig, build_faiss_index, normalize_rows, recall_at_k, save_index
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    store = EpisodeStore.open(dataset)
+    rd = RunDir.open(run, "encoder", store=store)
+    if not rd.has_weights("encoder"):
+        raise ClassRosError(f"{run} has no encoder weights yet; finish `class-ros pretrain` first.")
+    overrides = {key: v for key, v in dict(k=k, tau=tau, mode=mode, n_action_steps=n_action_steps,
+                                           approx_threshold=approx_threshold).items() if v is not None}
+    cfg = RetrievalConfig(**overrides)
+    config = rd.load_config()
+    encoder = ObservationEncoder(EncoderConfig.from_dict(config["encoder"]))
+    encoder.load_state_dict(rd.load_weights("encoder")["ema"])
+    encoder.to(device)
+
+    t0 = time.perf_counter()
+    emb = normalize_rows(embed_dataset(encoder, store, device=device, progress=progress))  # (N, F)
+    embed_s = time.perf_counter() - t0
+    chunks = store.action_chunks(int(config.get("dist_horizon", 16)))  # (N, H, D) unnormalised
+    frames = np.arange(store.n_frames)
+    t0 = time.perf_counter()
+    index, kind = build_faiss_index(emb, cfg)
+    build_s = time.perf_counter() - t0
+    recall = 1.0 if kind == "flat" else recall_at_k(index, emb, cfg.k)
+    info = {"config": dataclasses.asdict(cfg), "index_kind": kind, "n": int(len(emb)), "dim": int(emb.shape[1]),
+            "horizon": int(chunks.shape[1]), f"recall_at_{cfg.k}": recall,
+            "dataset_fingerprint": store.fingerprint(), "dataset_path": str(store.path)}
+    folder = save_index(rd, index, chunks, frames, store.episode_of(frames), info)
+    return {**info, "path": str(folder), "embed_s": embed_s, "build_s": build_s}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="pre-training run directory (from `class-ros pretrain`)")
+    parser.add_argument("--dataset", required=True, help="the dataset the run was pre-trained on")
+    parser.add_argument("--k", type=int, default=None, help="neighbours per query (default 64)")
+    parser.add_argument("--tau", type=float, default=None, help="softmax temperature over 1 - cos (default 0.01)")
+    parser.add_argument("--mode", choices=("mean", "sample"), default=None, help="weighted mean (default) or sample")
+    parser.add_argument("--n-action-steps", type=int, default=None, help="steps executed per chunk (default 8)")
+    parser.add_argument("--approx-threshold", type=int, default=None,
+                        help="rows above which an approximate (HNSW) index is built (default 50000)")
+    parser.add_argument("--device", default=None, help="torch device for embedding (default: cuda if available)")
+
+
+def run(args: argparse.Namespace) -> int:
+    s = build_index(args.run, args.dataset, k=args.k, tau=args.tau, mode=args.mode,
+                    n_action_steps=args.n_action_steps, approx_threshold=args.approx_threshold, device=args.device)
+    k = s["config"]["k"]
+    print(f"index: {s['n']} frames, {s['dim']}-d features, {s['index_kind']} index, recall@{k} "
+          f"{s[f'recall_at_{k}']:.3f}; wrote {s['path']}")
+    return 0

@@ -1,0 +1,384 @@
+"""CLASS pre-training: the visual encoder learns with soft InfoNCE on DTW action-sequence positives.
+
+Usage:
+    class-ros pretrain --dataset data/sim --positives data/sim/positives.npz --out runs/class
+    class-ros pretrain ... --config training/configs/pretrain_gpu.yaml       # ResNet-18, LARS, B=160
+    class-ros pretrain ... --resume                                          # continue runs/class
+    torchrun --nproc_per_node 4 -m training.pretrain --dataset ... --out ...  # DDP, one GPU per process
+
+Each step draws B uniformly random frames per process, gathers the frame ids of all processes, and
+computes the loss on the whole gathered batch with its (R*B, R*B) positive weights, so positives across
+processes count; each process back-propagates through its own rows (the loss is scaled by R because DDP
+averages gradients). The run directory gets config.yaml, normalizer.json, encoder.safetensors (EMA and
+raw weights), train_state/ and TensorBoard scalars under tb/.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from class_ros.encoder.config import EncoderConfig
+from class_ros.errors import ClassRosError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+OPTIMIZERS = ("adamw", "lars")
+
+
+@dataclass
+class PretrainConfig:
+    """Pre-training settings; YAML files in training/configs/ hold these keys (encoder: as a mapping)."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    batch_size: int = 64  # per process
+    steps: int = 0  # optimisation steps; 0 = derived from `epochs`
+    epochs: float = 50.0  # passes over the dataset when steps == 0
+    optimizer: str = "adamw"  # "adamw" or "lars"
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500  # capped at 5 epochs, as METHOD.md says
+    temperature: float = 0.05
+    ema_power: float = 0.75
+    dist_horizon: int = 16  # action-chunk length of the positives and of the retrieval chunks
+    seed: int = 0
+    amp: bool = True  # bfloat16 autocast, CUDA only
+    save_every: int = 500  # steps between checkpoints (one is always written at the end)
+
+    def __post_init__(self):
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig.from_dict(self.encoder)
+        if self.optimizer not in OPTIMIZERS:
+            raise ClassRosError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}.")
+        for name in ("batch_size", "dist_horizon", "save_every"):
+            if getattr(self, name) < 1:
+                raise ClassRosError(f"pretrain {name} must be at least 1, got {getattr(self, name)}.")
+        if self.batch_size < 2:
+            raise ClassRosError("pretrain batch_size must be at least 2 (the loss contrasts samples).")
+        if self.steps < 0 or self.epochs <= 0 or self.lr <= 0 or self.temperature <= 0 or self.warmup_steps < 0:
+            raise ClassRosError("pretrain steps, warmup_steps must be >= 0 and epochs, lr, temperature positive; "
+                                f"got steps={self.steps} epochs={self.epochs} lr={self.lr} "
+                                f"temperature={self.temperature} warmup_steps={self.warmup_steps}.")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ClassRosError(f"unknown pretrain config keys {sorted(unknown)}; valid keys are {sorted(names)}.")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "PretrainConfig":
+        try:
+            d = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ClassRosError(f"cannot read config {path} ({err}).") from err
+        if not isinstance(d, dict):
+            raise ClassRosError(f"config {path} must hold a mapping of pretrain settings.")
+        return cls.from_dict(d)
+
+
+def default_config_path() -> Path:
+    """The GPU preset on a CUDA machine, else the CPU preset."""
+    import torch
+    return CONFIG_DIR / ("pretrain_gpu.yaml" if torch.cuda.is_available() else "pretrain_cpu.yaml")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def open_positives(positives, store, horizon: int):
+    """An object with .batch_weights(idx) -> (B, B): a path for class_ros.similarity, or such an object."""
+    if hasattr(positives, "batch_weights"):
+        return positives
+    try:
+        from class_ros.similarity import normalized_chunks, open_weights
+    except ImportError as err:
+        raise ClassRosError(f"reading positives needs class_ros.similarity ({err}).") from err
+    if not Path(positives).exists():
+        raise ClassRosError(f"positives {positives} do not exist; compute them with `class-ros dtw`.")
+    return open_weights(positives, chunks=normalized_chunks(store, horizon))
+
+
+def check_positives(weights, n_frames: int) -> None:
+    """Refuse positives computed for a different number of frames."""
+    n = getattr(weights, "n", None)
+    if n is None and hasattr(weights, "indptr"):
+        n = len(weights.indptr) - 1
+    if n is not None and int(n) != n_frames:
+        raise ClassRosError(f"the positives cover {n} samples but the dataset has {n_frames} frames; recompute "
+                            "them with `class-ros dtw` on this dataset.")
+    probe = np.asarray(weights.batch_weights(np.array([0, n_frames - 1])))
+    if probe.shape != (2, 2):
+        raise ClassRosError(f"positives.batch_weights returned shape {probe.shape} for 2 samples; expected (2, 2).")
+
+
+def fit_normalizers(store, proprio_keys: list[str]) -> dict:
+    """Min-max normalisers of the actions and of each proprio key."""
+    from class_ros.data.normalizer import MinMaxNormalizer
+    from class_ros.data.schema import ACTION, obs_key
+
+    norms = {"action": MinMaxNormalizer.fit(np.asarray(store.array(ACTION)))}
+    for name in proprio_keys:
+        norms[name] = MinMaxNormalizer.fit(np.asarray(store.array(obs_key(name))))
+    return norms
+
+
+def ema_state_dict(encoder, ema) -> dict:
+    """The encoder's state dict with the EMA shadow parameters in place of the raw ones."""
+    sd = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    for (name, _), shadow in zip(encoder.named_parameters(), ema.shadow_params):
+        sd[name] = shadow.detach().clone()
+    return sd
+
+
+def batch_stats(w: np.ndarray) -> tuple[float, float]:
+    """(fraction of rows with a positive, mean weight of the positive entries)."""
+    w = w.copy()
+    np.fill_diagonal(w, 0.0)
+    pos = w[w > 0]
+    return float((w.sum(1) > 0).mean()), float(pos.mean()) if pos.size else 0.0
+
+
+def _dist_setup():
+    """(rank, world, local_rank) from torchrun's environment; initialises the process group when world > 1."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def image_feature_module(encoder):
+    """A module whose forward is encoder.image_features in training mode, so DDP can wrap it."""
+    import torch
+
+    class ImageFeatures(torch.nn.Module):
+        def __init__(self, enc):
+            super().__init__()
+            self.enc = enc
+
+        def forward(self, images):
+            return self.enc.image_features(images, train=True)
+
+    return ImageFeatures(encoder)
+
+
+def contrastive_loss(model, images: dict, weights, temperature: float, amp: bool = True):
+    """(loss to back-propagate, loss value) of one batch; under DDP the loss covers the gathered batch.
+
+    Each rank back-propagates through its own rows only, and DDP averages gradients over ranks, so the
+    loss is multiplied by the world size to give every rank the gradient of the one global loss.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from class_ros.encoder.loss import gather_embeddings, soft_infonce
+
+    on_cuda = next(iter(images.values())).is_cuda
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and amp):
+        z = model(images)  # (B, E_img)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        z = gather_embeddings(z)  # (R*B, E_img)
+    loss = soft_infonce(z, weights, temperature)
+    return loss * world, float(loss.detach())
+
+
+def build_optimizer(params, cfg: PretrainConfig):
+    import torch
+    from class_ros.encoder.lars import LARS
+
+    if cfg.optimizer == "lars":
+        return LARS(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# ------------------------------------------------------------------------------------------ the step
+def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init_weights=None,
+             device: str | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Pre-train a CLASS encoder on `dataset` with `positives` into run directory `out`; returns a summary.
+
+    `positives`: a path for class_ros.similarity.open_weights, or an object with batch_weights(idx).
+    `stop_after`: checkpoint and return after this many steps of this call (continue with resume=True).
+    """
+    import torch
+    import torch.distributed as dist
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+
+    from class_ros.data.rundir import RunDir
+    from class_ros.data.schema import obs_key
+    from class_ros.data.store import EpisodeStore
+    from class_ros.encoder.model import ObservationEncoder, load_init_weights
+
+    rank, world, local_rank = _dist_setup()
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    on_cuda = str(device).startswith("cuda")
+    if config is None:
+        config = default_config_path()
+    cfg = config if isinstance(config, PretrainConfig) else (
+        PretrainConfig.from_dict(config) if isinstance(config, dict) else PretrainConfig.from_yaml(config))
+
+    # Everything the user can get wrong is checked before the run directory is touched.
+    store = EpisodeStore.open(dataset)
+    if store.n_frames < 2:
+        raise ClassRosError(f"{dataset} holds {store.n_frames} frames; pre-training needs at least 2.")
+    cfg = dataclasses.replace(cfg, encoder=cfg.encoder.for_dataset(store.meta))
+    weights = open_positives(positives, store, cfg.dist_horizon)
+    check_positives(weights, store.n_frames)
+    if init_weights is not None and not Path(init_weights).is_file():
+        raise ClassRosError(f"init weights file {init_weights} does not exist.")
+
+    n = store.n_frames
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / (cfg.batch_size * world)))
+    warmup = min(cfg.warmup_steps, math.ceil(5 * n / (cfg.batch_size * world)))
+    cams = cfg.encoder.image_keys
+    image_bytes = sum(int(np.prod(store.meta.keys[obs_key(c)].shape)) for c in cams) * n
+    if image_bytes < 4 << 30:  # fits in memory: sample without disk reads
+        store.load([obs_key(c) for c in cams])
+
+    if rank == 0:
+        if resume:
+            run = RunDir.open(out, "encoder", store=store, config=cfg)
+            if not run.has_train_state():
+                raise ClassRosError(f"{out} has no train_state to resume from; start it without --resume.")
+        else:
+            run = RunDir.create(out, "encoder", cfg, store, extra={"world_size": world})
+            run.save_normalizers(fit_normalizers(store, cfg.encoder.proprio_keys))
+    if world > 1:
+        dist.barrier()
+        if rank != 0:
+            run = RunDir.open(out, "encoder")
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    encoder = ObservationEncoder(cfg.encoder)
+    encoder.set_proprio_normalizers(run.load_normalizers())
+    if init_weights is not None:
+        load_init_weights(encoder, init_weights)
+    encoder.to(device)
+    if on_cuda:
+        encoder.to(memory_format=torch.channels_last)
+    model = image_feature_module(encoder)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[local_rank] if on_cuda else None)
+    optimizer = build_optimizer(encoder.parameters(), cfg)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    ema = EMAModel(encoder.parameters(), power=cfg.ema_power, use_ema_warmup=True)
+
+    start = 0
+    if resume:
+        encoder.load_state_dict(run.load_weights("encoder", device=device)["raw"])
+        start = run.load_train_state(device=device, optimizer=optimizer, scheduler=scheduler, ema=ema)
+        ema.to(device)
+
+    writer = None
+    if rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(Path(out) / "tb"))
+        except ImportError:
+            writer = None  # tensorboard is optional; the summary still has the numbers
+
+    def save(step: int) -> None:
+        if rank == 0:
+            run.save_weights("encoder", {"ema": ema_state_dict(encoder, ema), "raw": encoder.state_dict()},
+                             metadata={"step": step})
+            run.save_train_state(step, optimizer=optimizer, scheduler=scheduler, ema=ema)
+
+    losses, fracs = [], []
+    t0 = time.perf_counter()
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    bar = tqdm(range(start, end), desc="pretrain", disable=not progress or rank != 0, initial=start, total=steps)
+    for step in bar:
+        # Seeds from (seed, rank, step): a resumed run draws the same batches it would have drawn.
+        rng = np.random.default_rng([cfg.seed, rank, step])
+        torch.manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
+        idx = rng.choice(n, size=cfg.batch_size, replace=n < cfg.batch_size)
+        all_idx = idx
+        if world > 1:
+            parts = [torch.empty(cfg.batch_size, dtype=torch.int64, device=device) for _ in range(world)]
+            dist.all_gather(parts, torch.as_tensor(idx, device=device))
+            all_idx = torch.cat(parts).cpu().numpy()
+        w = np.asarray(weights.batch_weights(all_idx), dtype=np.float32)  # (R*B, R*B)
+        images = {c: torch.from_numpy(store.read(obs_key(c), idx)).to(device, non_blocking=True) for c in cams}
+        loss, value = contrastive_loss(model, images, torch.from_numpy(w).to(device), cfg.temperature, cfg.amp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        ema.step(encoder.parameters())
+
+        frac, mean_w = batch_stats(w)
+        losses.append(value)
+        fracs.append(frac)
+        if writer is not None:
+            writer.add_scalar("loss", losses[-1], step)
+            writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("rows_with_positives", frac, step)
+            writer.add_scalar("mean_positive_weight", mean_w, step)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", pos=f"{frac:.2f}")
+        if (step + 1) % cfg.save_every == 0 and step + 1 < end:
+            save(step + 1)
+    seconds = time.perf_counter() - t0
+    save(end)
+    if writer is not None:
+        writer.close()
+
+    done = len(losses)
+    tail = losses[-max(1, done // 10):] if losses else []
+    summary = {
+        "run": str(out), "steps": steps, "steps_this_call": done, "world_size": world,
+        "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(tail)) if tail else None,
+        "rows_with_positives": float(np.mean(fracs)) if fracs else None,
+        "images_per_s": done * cfg.batch_size * world / seconds if done and seconds > 0 else None,
+        "seconds": seconds, "device": str(device),
+    }
+    if rank == 0:
+        run.update_meta(pretrain_summary=summary)
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset store (from convert / sim-demos)")
+    parser.add_argument("--positives", required=True, help="positives from `class-ros dtw` (.npz)")
+    parser.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
+    parser.add_argument("--config", default=None,
+                        help="YAML config (default: training/configs/pretrain_gpu.yaml with CUDA, else pretrain_cpu.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its train_state")
+    parser.add_argument("--init-weights", default=None,
+                        help="local weights file to start from (e.g. ImageNet ResNet-18, .safetensors or .pth)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = pretrain(args.dataset, args.positives, args.out, args.config, resume=args.resume,
+                       init_weights=args.init_weights, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if summary["steps_this_call"]:
+            print(f"pretrain: {summary['steps']} steps, loss {summary['loss_first']:.3f} -> "
+                  f"{summary['loss_last']:.3f}, {summary['images_per_s']:.0f} img/s")
+        print(f"pretrain: wrote run {summary['run']}")
+    return 0
+
+
+if __name__ == "__main__":  # torchrun -m training.pretrain ...
+    import sys
+
+    from class_ros.cli import main
+    sys.exit(main(["pretrain", *sys.argv[1:]]))
