@@ -1,0 +1,110 @@
+"""embedding_node: the latest image(s) + the joint state as of the image stamp -> the run's observation feature.
+
+Usage:
+    embedding_node --ros-args --params-file config/policy.yaml -p run_dir:=runs/class
+
+Subscriptions only store the latest messages; a timer in its own callback group encodes the newest
+frame with the run's EMA encoder and publishes `~/embedding` (a 1 x F 32FC1 sensor_msgs/Image) with
+the source frame's header, so the stamp travels on to the command.
+"""
+from __future__ import annotations
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+
+from class_ros.errors import ClassRosError
+from class_ros.nodes.camera_node import output_topic
+from class_ros.nodes.common import RateMeter, declare, require, run_node, stamp_to_sec
+from class_ros.nodes.observation import JointStateBuffer, feature_to_image, image_to_array
+
+
+def observation_layout(policy) -> tuple[list[str], str | None]:
+    """(camera keys, the proprio key or None) the run's encoder needs; refuses layouts ROS cannot fill."""
+    cfg = policy.encoder.config
+    require(len(cfg.proprio_keys) <= 1,
+            f"the run needs proprio keys {cfg.proprio_keys}; the ROS graph fills only one, from /joint_states.")
+    require(not cfg.proprio_keys or len(policy.joint_names) == sum(cfg.proprio_dims),
+            f"the run's proprio key {cfg.proprio_keys} has {sum(cfg.proprio_dims)} values but its joint_names are "
+            f"{policy.joint_names}; the dataset must name its proprio joints.")
+    return list(cfg.image_keys), (cfg.proprio_keys[0] if cfg.proprio_keys else None)
+
+
+class EmbeddingNode(Node):
+    """Encodes observations on a timer, never in a subscription callback."""
+
+    def __init__(self, **kwargs):
+        super().__init__("embedding_node", **kwargs)
+        p = {}
+        p["run_dir"] = declare(self, "run_dir", "", "pre-training run (with a retrieval index)", True)
+        p["device"] = declare(self, "device", "cpu", "torch device of the encoder", True)
+        p["poll_hz"] = declare(self, "poll_hz", 200.0, "how often the timer looks for a new frame", True)
+        p["joint_states_topic"] = declare(self, "joint_states_topic", "/joint_states", "joint states topic", True)
+        require(bool(p["run_dir"]), "run_dir is not set; pass -p run_dir:=RUN (a pre-training run with an index).")
+        require(p["poll_hz"] > 0, f"poll_hz must be positive, got {p['poll_hz']}.")
+        from class_ros.policy import load_policy
+        self.policy = load_policy(p["run_dir"], "retrieval", p["device"])
+        self.cameras, self.proprio = observation_layout(self.policy)
+        self.joints = JointStateBuffer(self.policy.joint_names)
+        self.latest: dict[str, Image] = {}
+        self.done_stamp = None
+        self.rate = RateMeter()
+        for i, cam in enumerate(self.cameras):
+            self.create_subscription(Image, output_topic(i), lambda m, c=cam: self.latest.__setitem__(c, m),
+                                     qos_profile_sensor_data)
+        self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_state, qos_profile_sensor_data)
+        self.pub = self.create_publisher(Image, "~/embedding", 10)
+        self.embed_once(self._dummy_observation())  # warm-up: the first torch call is slow
+        self.create_timer(1.0 / p["poll_hz"], self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(f"encoding {self.cameras} + {self.proprio} from {p['run_dir']}")
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        if not self.joints.add(msg):
+            self.get_logger().warn(f"joint_states lacks {self.joints.missing}", throttle_duration_sec=5.0)
+
+    def _dummy_observation(self) -> dict:
+        h, w = self.policy.encoder.config.image_size
+        obs = {c: np.zeros((h, w, 3), np.uint8) for c in self.cameras}
+        if self.proprio:
+            obs[self.proprio] = np.zeros(len(self.policy.joint_names), np.float32)
+        return obs
+
+    def embed_once(self, obs: dict) -> np.ndarray:
+        """(F,) feature of one observation dict."""
+        return self.policy.embed(obs)
+
+    def _tick(self) -> None:
+        msgs = [self.latest.get(c) for c in self.cameras]
+        if any(m is None for m in msgs):
+            return
+        stamp = stamp_to_sec(msgs[0].header.stamp)
+        if stamp == self.done_stamp:
+            return  # nothing new
+        obs = {}
+        try:
+            for cam, m in zip(self.cameras, msgs):
+                obs[cam] = image_to_array(m)
+        except ClassRosError as err:
+            self.get_logger().error(str(err), throttle_duration_sec=10.0)
+            self.done_stamp = stamp
+            return
+        if self.proprio:
+            state = self.joints.as_of(stamp)
+            if state is None:
+                return
+            obs[self.proprio] = state[0]
+        self.done_stamp = stamp
+        feature = self.embed_once(obs)
+        self.pub.publish(feature_to_image(feature, msgs[0].header))
+        self.rate.tick()
+
+
+def main(args=None) -> int:
+    """Entry point `embedding_node`."""
+    return run_node(EmbeddingNode, args, executor_threads=2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

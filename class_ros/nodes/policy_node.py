@@ -1,0 +1,216 @@
+"""policy_node: observations in, timed action chunks (trajectory_msgs/JointTrajectory) out. A lifecycle node.
+
+Usage:
+    policy_node --ros-args --params-file config/policy.yaml -p run_dir:=runs/class -p policy:=retrieval
+    (with autostart:=false, drive it with `ros2 lifecycle set /policy_node configure|activate`)
+
+configure: load the run (retrieval index or diffusion model), check its action kind and names against
+the parameters, warm it up. activate: publish chunks. deactivate: stop publishing.
+Retrieval reads `~/embedding` (embedding_node); diffusion reads `~/image` and /joint_states itself.
+Chunks carry the observation's stamp; point k is due at stamp + k * dt (dt = 1 / the run's control rate).
+The retrieval confidence gate: when the nearest demonstration is further than `max_nearest_distance`
+(1 - cos), no chunk is sent (the arm holds after its chunk timeout) and /diagnostics says why.
+"""
+from __future__ import annotations
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from class_ros.errors import ClassRosError
+from class_ros.nodes.common import RateMeter, declare, key_values, require, run_node, stamp_to_sec
+from class_ros.nodes.observation import JointStateBuffer, image_to_array, image_to_feature
+
+POLICIES = ("retrieval", "diffusion")
+
+
+def check_run_matches(policy, action_kind: str, action_names: list[str]) -> None:
+    """Refuse a run whose action kind or names differ from what the robot side expects."""
+    if policy.action_kind != action_kind:
+        raise ClassRosError(f"the run's actions are {policy.action_kind!r} but this robot is configured for "
+                            f"{action_kind!r}; use a matching run or change action_kind.")
+    if list(policy.action_names) != list(action_names):
+        raise ClassRosError(f"the run's action names {list(policy.action_names)} differ from the configured "
+                            f"{list(action_names)}; use a matching run or fix action_names.")
+
+
+def chunk_message(chunk: np.ndarray, names: list[str], header, dt: float) -> JointTrajectory:
+    """(H, D) chunk -> JointTrajectory stamped like the observation, point k at k * dt."""
+    msg = JointTrajectory(header=header, joint_names=list(names))
+    for k, row in enumerate(chunk):
+        ns = int(round(k * dt * 1e9))
+        point = JointTrajectoryPoint(positions=[float(v) for v in row])
+        point.time_from_start.sec, point.time_from_start.nanosec = ns // 10**9, ns % 10**9
+        msg.points.append(point)
+    return msg
+
+
+class PolicyNode(LifecycleNode):
+    """Runs the policy on a timer in its own callback group on the newest observation."""
+
+    def __init__(self, **kwargs):
+        super().__init__("policy_node", **kwargs)
+        p = {}
+        p["run_dir"] = declare(self, "run_dir", "", "run directory to load on configure", True)
+        p["policy"] = declare(self, "policy", "retrieval", "retrieval or diffusion", True)
+        p["device"] = declare(self, "device", "cpu", "torch device", True)
+        p["action_kind"] = declare(self, "action_kind", "joint_position", "action kind the robot side sends", True)
+        p["action_names"] = declare(self, "action_names", [""], "action names the robot side expects, in order", True)
+        p["max_nearest_distance"] = declare(self, "max_nearest_distance", 1.0,
+                                            "retrieval OOD gate: max 1 - cos to the nearest demo frame (>= 1: off)",
+                                            True)
+        p["poll_hz"] = declare(self, "poll_hz", 200.0, "how often the timer looks for a new observation", True)
+        p["autostart"] = declare(self, "autostart", True, "configure and activate at start-up", True)
+        p["joint_states_topic"] = declare(self, "joint_states_topic", "/joint_states", "joint states (diffusion)", True)
+        require(p["policy"] in POLICIES, f"policy must be one of {POLICIES}, got {p['policy']!r}.")
+        names = list(p["action_names"])
+        require(len(names) > 0 and all(names) and len(set(names)) == len(names),
+                f"action_names must be a list of distinct non-empty names, got {names}.")
+        require(p["poll_hz"] > 0, f"poll_hz must be positive, got {p['poll_hz']}.")
+        self.p = p
+        self.error = ""  # why the last configure failed
+        self.policy = None
+        self.active = False
+        self.gated = ""  # why chunks are withheld, "" when they flow
+        self.last_confidence = None
+        self.rate = RateMeter()
+        self.latest = {}  # input name -> newest message
+        self.done_stamp = None
+        self.group = MutuallyExclusiveCallbackGroup()
+        self.chunk_pub = self.create_publisher(JointTrajectory, "~/action_chunk", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.timer = None
+        if p["autostart"]:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise ClassRosError(self.error or "policy_node failed to configure.")
+            self.trigger_activate()
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        self.error = ""
+        try:
+            require(bool(self.p["run_dir"]), "run_dir is not set; pass -p run_dir:=RUN.")
+            from class_ros.policy import load_policy
+            policy = load_policy(self.p["run_dir"], self.p["policy"], self.p["device"])
+            check_run_matches(policy, self.p["action_kind"], self.p["action_names"])
+            self.policy = policy
+            self._set_up_inputs()
+            self._warm_up()
+        except ClassRosError as err:
+            self.error = str(err)
+            self.get_logger().error(self.error)
+            return TransitionCallbackReturn.FAILURE
+        self.dt = 1.0 / self.policy.control_rate_hz
+        self.n_steps = int(self.policy.n_action_steps)
+        self.get_logger().info(f"loaded {self.p['policy']} run {self.p['run_dir']}: {self.n_steps} steps per chunk "
+                               f"at {self.policy.control_rate_hz} Hz")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self.policy.reset()
+        self.done_stamp = None
+        self.active = True
+        if self.timer is None:
+            self.timer = self.create_timer(1.0 / self.p["poll_hz"], self._tick, callback_group=self.group)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self.active = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self.active = False
+        self.policy = None
+        return TransitionCallbackReturn.SUCCESS
+
+    # --- inputs -----------------------------------------------------------------------------------------
+    def _set_up_inputs(self) -> None:
+        if getattr(self, "_inputs_ready", False):
+            return
+        self._inputs_ready = True
+        if self.p["policy"] == "retrieval":
+            self.create_subscription(Image, "~/embedding", lambda m: self.latest.__setitem__("embedding", m), 10)
+            return
+        from class_ros.nodes.camera_node import output_topic
+        from class_ros.nodes.embedding_node import observation_layout
+        self.cameras, self.proprio = observation_layout(self.policy)
+        self.joints = JointStateBuffer(self.policy.joint_names)
+        for i, cam in enumerate(self.cameras):
+            self.create_subscription(Image, output_topic(i), lambda m, c=cam: self.latest.__setitem__(c, m),
+                                     qos_profile_sensor_data)
+        self.create_subscription(JointState, self.p["joint_states_topic"], self.joints.add, qos_profile_sensor_data)
+
+    def _warm_up(self) -> None:
+        if self.p["policy"] == "retrieval":
+            self.policy.predict_from_embedding(np.ones(self.policy.encoder.out_dim, np.float32))
+        else:
+            h, w = self.policy.encoder.config.image_size
+            obs = {c: np.zeros((h, w, 3), np.uint8) for c in self.cameras}
+            if self.proprio:
+                obs[self.proprio] = np.zeros(len(self.policy.joint_names), np.float32)
+            self.policy.predict_action_chunk(obs)
+        self.policy.reset()
+
+    # --- the work -----------------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if not self.active or self.policy is None:
+            return
+        if self.p["policy"] == "retrieval":
+            msg = self.latest.get("embedding")
+            if msg is None or stamp_to_sec(msg.header.stamp) == self.done_stamp:
+                return
+            self.done_stamp = stamp_to_sec(msg.header.stamp)
+            chunk = self.policy.predict_from_embedding(image_to_feature(msg))
+            header = msg.header
+            self.last_confidence = self.policy.last_confidence
+            limit = self.p["max_nearest_distance"]
+            dist = self.last_confidence.nearest_distance
+            self.gated = (f"out of distribution: nearest demonstration at 1 - cos = {dist:.3f} > {limit:.3f}"
+                          if dist > limit else "")
+        else:
+            msgs = [self.latest.get(c) for c in self.cameras]
+            if any(m is None for m in msgs) or stamp_to_sec(msgs[0].header.stamp) == self.done_stamp:
+                return
+            stamp = stamp_to_sec(msgs[0].header.stamp)
+            obs = {c: image_to_array(m) for c, m in zip(self.cameras, msgs)}
+            if self.proprio:
+                state = self.joints.as_of(stamp)
+                if state is None:
+                    return
+                obs[self.proprio] = state[0]
+            self.done_stamp = stamp
+            chunk = self.policy.predict_action_chunk(obs)
+            header = msgs[0].header
+        if self.gated:
+            self.get_logger().warn(self.gated, throttle_duration_sec=2.0)
+            return
+        self.chunk_pub.publish(chunk_message(chunk[: self.n_steps + 1], self.policy.action_names, header, self.dt))
+        self.rate.tick()
+
+    def _publish_diagnostics(self) -> None:
+        values = {"chunk_rate_hz": self.rate.rate(), "active": self.active, "policy": self.p["policy"]}
+        if self.last_confidence is not None:
+            values.update({"nearest_distance": float(self.last_confidence.nearest_distance),
+                           "weight_entropy": float(self.last_confidence.weight_entropy),
+                           "max_nearest_distance": float(self.p["max_nearest_distance"])})
+        level = DiagnosticStatus.WARN if (self.gated or not self.active) else DiagnosticStatus.OK
+        message = self.gated or ("publishing chunks" if self.active else "inactive")
+        msg = DiagnosticArray(status=[DiagnosticStatus(level=level, name=f"{self.get_name()}: policy",
+                                                       hardware_id="policy", message=message,
+                                                       values=key_values(values))])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+
+def main(args=None) -> int:
+    """Entry point `policy_node`."""
+    return run_node(PolicyNode, args, executor_threads=2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The one description of the node graph, read by launch/policy.launch.py, launch/sim.launch.py and `class-ros graph`.
+
+Each node: its name (also its executable and module `class_ros.nodes.<name>`), its parameter files
+(relative to the package: the repository root in a venv install, share/class_ros with colcon) and its
+remappings. Launch arguments / CLI options become parameter overrides through `overrides()`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from class_ros.errors import ClassRosError
+
+POLICY_PARAMS = "config/policy.yaml"
+SIM_PARAMS = "config/sim.yaml"
+DEFAULT_ROBOT = "config/robots/sim_arm.yaml"
+DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph."""
+
+    name: str  # node name == executable == module class_ros.nodes.<name>
+    params: tuple[str, ...]  # parameter files, in load order (later files override earlier ones)
+    remappings: tuple[tuple[str, str], ...] = ()
+
+
+def graph(policy: str = "retrieval", sim: bool = False, robot_config: str = DEFAULT_ROBOT) -> list[NodeSpec]:
+    """The nodes to start: camera -> (embedding ->) policy -> arm command, plus the sim node with sim=True."""
+    if policy not in ("retrieval", "diffusion"):
+        raise ClassRosError(f"policy must be retrieval or diffusion, got {policy!r}.")
+    nodes = [NodeSpec("camera_node", (POLICY_PARAMS,))]
+    if policy == "retrieval":
+        nodes.append(NodeSpec("embedding_node", (POLICY_PARAMS,), (("~/image", "/camera_node/image"),)))
+        policy_in = (("~/embedding", "/embedding_node/embedding"),)
+    else:
+        policy_in = (("~/image", "/camera_node/image"),)
+    nodes.append(NodeSpec("policy_node", (POLICY_PARAMS,), policy_in))
+    nodes.append(NodeSpec("arm_command_node", (POLICY_PARAMS, robot_config),
+                          (("~/action_chunk", "/policy_node/action_chunk"),)))
+    if sim:
+        nodes.append(NodeSpec("sim_node", (SIM_PARAMS,)))
+    return nodes
+
+
+def overrides(name: str, run_dir: str = "", policy: str = "retrieval", camera_topic: str = DEFAULT_CAMERA_TOPIC,
+              use_sim_time: bool = False) -> dict:
+    """Parameter overrides from the launch arguments for node `name` (applied after its YAML files)."""
+    out: dict = {"use_sim_time": bool(use_sim_time)}
+    if name in ("embedding_node", "policy_node") and run_dir:
+        out["run_dir"] = str(run_dir)
+    if name == "policy_node":
+        out["policy"] = policy
+    if name == "camera_node":
+        out["input_topics"] = [camera_topic]
+    return out
+
+
+def package_root() -> Path:
+    """Where config/ and launch/ live: the source tree in a venv install, else the colcon share folder."""
+    here = Path(__file__).resolve().parents[2]
+    if (here / POLICY_PARAMS).is_file():
+        return here
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("class_ros"))
+    except Exception:  # noqa: BLE001 - no ament index: only the source tree could have held it
+        raise ClassRosError(f"cannot find {POLICY_PARAMS}; run from the class_ros source tree or a colcon install.")
+
+
+def resolve(path: str) -> str:
+    """A parameter-file path as given if it exists, else relative to the package root."""
+    if os.path.isfile(path):
+        return os.path.abspath(path)
+    candidate = package_root() / path
+    if not candidate.is_file():
+        raise ClassRosError(f"parameter file {path} does not exist (looked in . and {package_root()}).")
+    return str(candidate)
+
+
+def ros_arguments(spec: NodeSpec, params_file: str = POLICY_PARAMS, extra: dict | None = None) -> list[str]:
+    """`--ros-args ...` for one node: its YAML files (policy.yaml replaced by params_file), overrides, remaps."""
+    args = ["--ros-args"]
+    for f in spec.params:
+        args += ["--params-file", resolve(params_file if f == POLICY_PARAMS else f)]
+    for key, value in (extra or {}).items():
+        args += ["-p", f"{key}:={_yaml_value(value)}"]
+    for src, dst in spec.remappings:
+        args += ["-r", f"{src}:={dst}"]
+    return args
+
+
+def _yaml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
