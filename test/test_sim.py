@@ -129,3 +129,20 @@ def test_heldout_poses_never_overlap_random_poses():
     assert all(in_range(p, "random") for p in path)
     az = np.array([p.azimuth for p in path])
     assert az.max() - az.min() > 10.0 and np.abs(np.diff(az)).max() < 2.0  # drifts, smoothly
+
+
+def test_demonstrations_are_heterogeneous():
+    """Same task, different episodes: lengths, grasp yaw (wrist_3) and approach paths vary."""
+    lengths, wrist, peak_height = [], [], []
+    with ArmEnv("lift", render_images=False) as env:
+        for i in range(12):
+            ok, states = run_expert(env, episode_seed(9, i))
+            assert ok
+            states = np.stack(states)
+            lengths.append(len(states))
+            wrist.append(states[-1, 5] - states[0, 5])
+            peak_height.append(states[:, 1].min())
+    assert len(set(lengths)) >= 6 and np.std(lengths) > 3.0
+    # Some episodes use the grasp turned 90 degrees: wrist_3 changes spread over more than 90 degrees.
+    assert np.ptp(wrist) > np.pi / 2
+    assert np.std(peak_height) > 0.02

@@ -88,3 +88,30 @@ def test_refuses_a_folder_with_bags_and_writes_nothing(tmp_path):
     with pytest.raises(ClassRosError):
         record_demos("lift", 1, "fixed", "rosbag1", tmp_path / "other", progress=False)
     assert cli_main(["sim-demos", "--task", "stack", "--out", str(tmp_path / "x")]) == 1
+
+
+def test_interrupt_keeps_complete_bags_only(tmp_path):
+    """A real Ctrl-C mid-run: the bags already moved into place read back, nothing partial is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "bags"
+    proc = subprocess.Popen([sys.executable, "-m", "class_ros.cli", "sim-demos", "--episodes", "30", "--out", str(out),
+                             "--camera", "fixed"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ), cwd=os.getcwd())
+    deadline = time.time() + 120
+    while not (out / "episode_0001").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-500:]
+    names = sorted(p.name for p in out.iterdir())
+    assert ".partial" not in names and "sim_demos.json" not in names
+    bags = [n for n in names if n.startswith("episode_")]
+    assert 2 <= len(bags) < 30
+    for name in bags:
+        topics, msgs = read_bag(out / name)
+        assert len(topics) == 4 and len(msgs["/camera/image_raw"]) > 10

@@ -82,36 +82,41 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
         raise ClassRosError(f"--episodes must be at least 1, got {episodes}.")
     size = (int(image_size), int(image_size)) if np.isscalar(image_size) else tuple(int(s) for s in image_size)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ClassRosError(f"--out {out} is a file; pass a folder for the bags.")
     existing = sorted(out.glob("episode_*")) if out.is_dir() else []
     if existing:
         raise ClassRosError(f"{out} already holds {existing[0].name}; choose an empty --out folder or remove it.")
     out.mkdir(parents=True, exist_ok=True)
+    # Bags are written under .partial and moved into place when complete: never half-written bags.
     partial = out / ".partial"
-    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run: never half-written bags
+    shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     max_attempts = max_attempts or 2 * episodes + 10
 
     kept, tried, successes, seeds, lengths = [], 0, 0, [], []
     bar = tqdm(total=episodes, desc=f"sim-demos {task}", unit="ep", disable=not progress)
-    with ArmEnv(task, camera=camera, image_size=size, render_images=False) as env:
-        while len(kept) < episodes and tried < max_attempts:
-            ep_seed = episode_seed(seed, tried, DEMO_STREAM)
-            name = f"episode_{len(kept):04d}"
-            tmp = partial / name
-            ok, steps = record_episode(env, ep_seed, tmp, storage, EPOCH_NS + tried * EPISODE_SPACING_NS)
-            tried += 1
-            successes += ok
-            if ok or keep_failed:
-                os.replace(tmp, out / name)
-                kept.append(name)
-                seeds.append(ep_seed)
-                lengths.append(steps)
-                bar.update(1)
-            else:
-                shutil.rmtree(tmp)
-            bar.set_postfix(success=f"{successes}/{tried}")
-    bar.close()
-    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        with ArmEnv(task, camera=camera, image_size=size, render_images=False) as env:
+            while len(kept) < episodes and tried < max_attempts:
+                ep_seed = episode_seed(seed, tried, DEMO_STREAM)
+                name = f"episode_{len(kept):04d}"
+                tmp = partial / name
+                ok, steps = record_episode(env, ep_seed, tmp, storage, EPOCH_NS + tried * EPISODE_SPACING_NS)
+                tried += 1
+                successes += ok
+                if ok or keep_failed:
+                    os.replace(tmp, out / name)
+                    kept.append(name)
+                    seeds.append(ep_seed)
+                    lengths.append(steps)
+                    bar.update(1)
+                else:
+                    shutil.rmtree(tmp)
+                bar.set_postfix(success=f"{successes}/{tried}")
+    finally:
+        bar.close()
+        shutil.rmtree(partial, ignore_errors=True)
 
     summary = {
         "task": task, "camera": camera, "storage": storage, "out": str(out), "seed": seed,

@@ -175,7 +175,9 @@ class ArmEnv:
     def joint_positions(self) -> np.ndarray:
         """(7,) 6 joint angles (rad) + gripper opening (0 open .. 1 closed)."""
         q = self.data.qpos
-        return np.append(q[self._arm_qadr], robot.opening_to_gripper(q[self._finger_qadr].mean()))
+        # Clipped: contact solving can push a finger a hair past its travel; readings stay within limits.
+        gripper = np.clip(robot.opening_to_gripper(q[self._finger_qadr].mean()), 0.0, 1.0)
+        return np.append(q[self._arm_qadr], gripper)
 
     def joint_velocities(self) -> np.ndarray:
         """(7,) 6 joint velocities (rad/s) + gripper velocity (units/s)."""
