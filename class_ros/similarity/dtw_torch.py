@@ -1,0 +1,151 @@
+"""DTW on a GPU with torch: many pairs at once, the DP swept one anti-diagonal at a time.
+
+Cells on an anti-diagonal s + t = k depend only on diagonals k-1 and k-2, so each of the 2T-1 steps
+is a few elementwise ops over (pairs, T). The local costs come from one batched matmul through
+|a|^2 + |b|^2 - 2 a.b (TF32 off, so results match the float32 CPU kernel to rounding).
+The same code runs on CPU tensors, which is how the tests check it without a GPU.
+Nothing here imports zarr, faiss, aeon or dtaidistance: the GPU benchmark needs only torch and numpy.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+PAIRS_PER_STEP = 1 << 20  # pairs per wavefront call: (P, T, T) float32 costs = 1 GB at T = 16
+
+
+@contextlib.contextmanager
+def _exact_matmul():
+    """Turn TF32 off for the local-cost matmul (its 10-bit mantissa would cost 3 decimal digits)."""
+    import torch
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _device(device: str):
+    import torch
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        from class_ros.errors import ClassRosError
+        raise ClassRosError(f"device {device!r} was requested but torch sees no CUDA GPU; use --device cpu.")
+    return torch.device(device)
+
+
+def local_costs(a, b):
+    """(P, T, D), (P, U, D) tensors -> (P, T, U) squared distances |a_s - b_t|^2 (clamped at 0)."""
+    na = (a * a).sum(-1)
+    nb = (b * b).sum(-1)
+    with _exact_matmul():
+        dot = a @ b.transpose(1, 2)
+    return (na[:, :, None] + nb[:, None, :] - 2.0 * dot).clamp_min_(0.0)
+
+
+def wavefront(cost):
+    """(P, T, U) local costs -> (P,) DTW distances, sweeping anti-diagonals."""
+    import torch
+    P, T, U = cost.shape
+    s = torch.arange(T, device=cost.device)
+    inf_col = torch.full((P, 1), float("inf"), device=cost.device, dtype=cost.dtype)
+    prev2 = prev1 = None
+    for k in range(T + U - 1):
+        t = k - s
+        valid = (t >= 0) & (t < U)
+        c = cost[:, s, t.clamp(0, U - 1)]  # (P, T): cell (s, k - s) of every pair
+        if k == 0:
+            cur = c
+        else:
+            left = prev1  # C[s][t-1]: same row, previous diagonal
+            up = torch.cat([inf_col, prev1[:, :-1]], dim=1)  # C[s-1][t]
+            best = torch.minimum(left, up)
+            if prev2 is not None:
+                best = torch.minimum(best, torch.cat([inf_col, prev2[:, :-1]], dim=1))  # C[s-1][t-1]
+            cur = c + best
+        cur = torch.where(valid, cur, torch.full_like(cur, float("inf")))
+        prev2, prev1 = prev1, cur
+    return prev1[:, T - 1]
+
+
+def pair_dtw(a, b):
+    """(P, T, D), (P, U, D) tensors -> (P,) DTW distances of a[p] vs b[p], in chunks of PAIRS_PER_STEP."""
+    import torch
+    out = [wavefront(local_costs(a[p:p + PAIRS_PER_STEP], b[p:p + PAIRS_PER_STEP]))
+           for p in range(0, len(a), PAIRS_PER_STEP)]
+    return torch.cat(out) if out else torch.zeros(0, device=a.device)
+
+
+def pairwise_torch(x: np.ndarray, y: np.ndarray | None = None, *, device: str = "cuda") -> np.ndarray:
+    """(N, T, D), (M, T, D) or None (= x) float32 arrays -> (N, M) float32 DTW on `device`."""
+    import torch
+    dev = _device(device)
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev)
+    yt = xt if y is None else torch.from_numpy(np.ascontiguousarray(y, np.float32)).to(dev)
+    N, M, T = len(xt), len(yt), xt.shape[1]
+    out = torch.empty((N, M), dtype=torch.float32, device=dev)
+    rows = max(1, PAIRS_PER_STEP // max(M, 1))  # row block against all columns
+    for i0 in range(0, N, rows):
+        xi = xt[i0:i0 + rows]
+        ii = torch.arange(len(xi), device=dev).repeat_interleave(M)
+        jj = torch.arange(M, device=dev).repeat(len(xi))
+        out[i0:i0 + len(xi)] = pair_dtw(xi[ii], yt[jj]).view(len(xi), M)
+    if y is None:  # the same float32 value on both sides and an exact zero diagonal
+        upper = torch.triu(out, diagonal=1)
+        out = upper + upper.T
+    return out.cpu().numpy()
+
+
+def corner_bound(xi, ni, xj, nj):
+    """(Bi, T, D), (Bi, T), (Bj, T, D), (Bj, T) -> (Bi, Bj) lower bound: start and end costs."""
+    T = xi.shape[1]
+    ends = [0, T - 1] if T > 1 else [0]
+    lb = 0.0
+    with _exact_matmul():
+        for e in ends:
+            lb = lb + (ni[:, e, None] + nj[None, :, e] - 2.0 * (xi[:, e] @ xj[:, e].T)).clamp_min(0.0)
+    return lb
+
+
+def collect_torch(x: np.ndarray, thr: float, *, device: str = "cuda", progress: bool = False, block: int = 4096):
+    """Every pair i < j with DTW <= thr, as numpy (i int32, j int32, d float32) in (i, j) order."""
+    import torch
+    dev = _device(device)
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev)
+    xn = (xt * xt).sum(-1)
+    N = len(xt)
+    thr_t = float(thr)
+    # The bound is computed with a different summation order than the DP, so give it a little slack.
+    slack = 1.0 - 1e-5
+    found_i, found_j, found_d = [], [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=N * (N - 1) // 2, desc="dtw (torch)", unit="pair", unit_scale=True)
+    for i0 in range(0, N - 1, block):
+        i1 = min(N, i0 + block)
+        for j0 in range(i0, N, block):
+            j1 = min(N, j0 + block)
+            lb = corner_bound(xt[i0:i1], xn[i0:i1], xt[j0:j1], xn[j0:j1])
+            gi = torch.arange(i0, i1, device=dev)[:, None]
+            gj = torch.arange(j0, j1, device=dev)[None, :]
+            mask = (gj > gi) & (lb * slack <= thr_t)
+            ii, jj = mask.nonzero(as_tuple=True)
+            if len(ii):
+                d = pair_dtw(xt[i0 + ii], xt[j0 + jj])
+                keep = d <= thr_t
+                found_i.append((ii[keep] + i0).int().cpu())
+                found_j.append((jj[keep] + j0).int().cpu())
+                found_d.append(d[keep].float().cpu())
+            if bar is not None:
+                bar.update(int(((gj > gi).sum()).item()))
+    if bar is not None:
+        bar.close()
+    if not found_d:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    i = torch.cat(found_i).numpy()
+    j = torch.cat(found_j).numpy()
+    d = torch.cat(found_d).numpy()
+    order = np.lexsort((j, i))
+    return i[order], j[order], d[order]
