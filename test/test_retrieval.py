@@ -1,0 +1,141 @@
+"""Retrieval index and policy: exact k=1 lookup, the weighted mean, confidence, HNSW recall, loading."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from class_ros.errors import ClassRosError
+from test_pretrain import HORIZON, synthetic, tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(store, run path): a briefly pre-trained run with an exact index."""
+    from training.index import build_index
+    from training.pretrain import pretrain
+
+    tmp = tmp_path_factory.mktemp("retrieval")
+    store, positives = synthetic(tmp, n_episodes=8, length=15)
+    pretrain(tmp / "data", positives, tmp / "run", tiny_config(steps=10, batch_size=32), progress=False)
+    summary = build_index(tmp / "run", tmp / "data", progress=False)
+    assert summary["index_kind"] == "flat" and summary["n"] == store.n_frames
+    return store, tmp / "run"
+
+
+def frame_obs(store, i: int) -> dict:
+    """One observation as a node hands it to the policy (names without obs/, no batch axis)."""
+    return {"cam": np.asarray(store.read("obs/cam", np.array([i])))[0],
+            "state": np.asarray(store.read("obs/state", np.array([i])))[0]}
+
+
+def test_k1_returns_the_stored_chunk_exactly(run):
+    from class_ros.policy import load_policy
+    from class_ros.policy.retrieval import RetrievalPolicy
+
+    store, path = run
+    policy = RetrievalPolicy.load(path, k=1)
+    chunks = store.action_chunks(HORIZON)
+    for i in (0, 17, 63, store.n_frames - 1):
+        got = policy.predict_action_chunk(frame_obs(store, i))
+        assert got.dtype == np.float32 and got.shape == (HORIZON, 2)
+        assert np.array_equal(got, chunks[i])
+        assert policy.last_confidence.nearest_frame == i
+        assert policy.last_confidence.nearest_distance < 1e-5
+    generic = load_policy(path, kind="retrieval")
+    assert (generic.action_names, generic.action_kind, generic.control_rate_hz, generic.n_action_steps) == \
+        (["x", "y"], "other", 10.0, 8)
+    assert generic.config.k == 64 and generic.config.tau == 0.01
+
+
+def test_weighted_mean_and_sampling_follow_the_softmax(run):
+    from class_ros.policy.retrieval import RetrievalPolicy, normalize_rows
+    from training.index import embed_dataset
+
+    store, path = run
+    policy = RetrievalPolicy.load(path, k=5, tau=0.05)
+    chunks = store.action_chunks(HORIZON)
+    obs = frame_obs(store, 30)
+    z = policy.embed(obs)
+    emb = normalize_rows(embed_dataset(policy.encoder, store, progress=False))  # brute force over all frames
+    d = 1.0 - emb @ z
+    near = np.argsort(d)[:5]
+    w = np.exp(-(d[near] - d[near].min()) / 0.05)
+    w /= w.sum()
+    want = np.tensordot(w, chunks[near].astype(np.float64), axes=1)
+    np.testing.assert_allclose(policy.predict_action_chunk(obs), want, rtol=1e-4, atol=1e-5)
+    conf = policy.last_confidence
+    assert conf.k == 5 and 0 <= conf.weight_entropy <= np.log(5) + 1e-9
+    assert conf.weight_entropy == pytest.approx(float(-(w * np.log(w)).sum()), rel=1e-3, abs=1e-6)
+    sampler = RetrievalPolicy.load(path, k=5, tau=0.05, mode="sample")
+    draws = [sampler.predict_action_chunk(obs) for _ in range(20)]
+    assert all(any(np.array_equal(c, chunks[j]) for j in near) for c in draws)
+    sampler.reset()
+    assert sampler.last_confidence is None
+    assert np.array_equal(sampler.predict_action_chunk(obs), draws[0])  # reset restarts the same stream
+
+
+def test_unfamiliar_observation_is_less_confident(run):
+    from class_ros.policy.retrieval import RetrievalPolicy
+
+    store, path = run
+    policy = RetrievalPolicy.load(path)
+    policy.predict_action_chunk(frame_obs(store, 5))
+    seen = policy.last_confidence.nearest_distance
+    odd = frame_obs(store, 5)
+    odd["cam"] = np.random.default_rng(0).integers(0, 256, odd["cam"].shape, dtype=np.uint8)  # pure noise
+    policy.predict_action_chunk(odd)
+    assert policy.last_confidence.nearest_distance > seen + 1e-3
+
+
+def test_hnsw_above_threshold_reports_recall(tmp_path, run):
+    import faiss
+
+    from class_ros.policy.retrieval import RetrievalConfig, build_faiss_index, normalize_rows, recall_at_k
+
+    emb = normalize_rows(np.random.default_rng(0).normal(size=(3000, 32)))
+    index, kind = build_faiss_index(emb, RetrievalConfig(approx_threshold=1000))
+    assert kind == "hnsw" and isinstance(index, faiss.IndexHNSW)
+    assert recall_at_k(index, emb, 64) > 0.9
+    flat, kind = build_faiss_index(emb, RetrievalConfig())
+    assert kind == "flat" and recall_at_k(flat, emb, 64) == 1.0
+
+
+def test_index_cli_and_hnsw_run(tmp_path, run, capsys):
+    import shutil
+
+    from class_ros.cli import main
+    from class_ros.policy.retrieval import RetrievalPolicy
+
+    store, original = run
+    path = tmp_path / "run"
+    shutil.copytree(original, path)
+    rc = main(["index", "--run", str(path), "--dataset", str(store.path), "--approx-threshold", "10", "--k", "4"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "hnsw index" in out and str(path / "index") in out
+    info = json.loads((path / "index" / "index.json").read_text())
+    assert info["index_kind"] == "hnsw" and info["recall_at_4"] > 0.9
+    policy = RetrievalPolicy.load(path)
+    assert policy.config.k == 4
+    assert policy.predict_action_chunk(frame_obs(store, 3)).shape == (HORIZON, 2)
+
+
+def test_missing_or_damaged_index_is_refused(tmp_path, run):
+    import shutil
+
+    from class_ros.policy.retrieval import RetrievalPolicy
+
+    _, path = run
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    data = (copy / "index" / "data.npz").read_bytes()
+    (copy / "index" / "data.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ClassRosError, match="truncated"):
+        RetrievalPolicy.load(copy)
+    shutil.rmtree(copy / "index")
+    with pytest.raises(ClassRosError, match="no retrieval index"):
+        RetrievalPolicy.load(copy)
+    with pytest.raises(ClassRosError, match="not one of"):
+        from class_ros.policy import load_policy
+        load_policy(path, kind="lookup")

@@ -1,0 +1,134 @@
+"""Run directories: bitwise round trips, atomic writes, and refusal of damaged or mismatched runs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from class_ros.data.normalizer import MinMaxNormalizer
+from class_ros.data.rundir import RunDir, split_tensors, join_tensors
+from class_ros.errors import ClassRosError
+
+
+@pytest.fixture
+def store(tmp_path):
+    from class_ros.encoder.synthetic import make_latent_dataset
+    return make_latent_dataset(tmp_path / "data", n_episodes=3, length=6, size=16)
+
+
+def make_run(tmp_path, store, config=None):
+    return RunDir.create(tmp_path / "run", "encoder", config or {"lr": 0.001, "encoder": {"backbone": "small"}}, store)
+
+
+def test_meta_records_the_dataset(tmp_path, store):
+    run = make_run(tmp_path, store)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["format_version"] == 1 and meta["kind"] == "encoder"
+    assert meta["dataset_fingerprint"] == store.fingerprint()
+    assert (meta["action_names"], meta["action_kind"], meta["joint_names"], meta["control_rate_hz"]) == \
+        (["x", "y"], "other", ["x", "y"], 10.0)
+    assert run.load_config() == {"lr": 0.001, "encoder": {"backbone": "small"}}
+
+
+def test_weights_round_trip_is_bitwise(tmp_path, store):
+    run = make_run(tmp_path, store)
+    torch.manual_seed(0)
+    groups = {"ema": {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64)},
+              "raw": {"a": torch.randn(3, 4, dtype=torch.float64), "h": torch.randn(2).half()}}
+    path = run.save_weights("encoder", groups, metadata={"step": 7})
+    back = RunDir.open(tmp_path / "run", "encoder", store=store).load_weights("encoder")
+    for g, sd in groups.items():
+        assert set(back[g]) == set(sd)
+        for k, v in sd.items():
+            assert back[g][k].dtype == v.dtype and back[g][k].numpy().tobytes() == v.numpy().tobytes()
+    run.save_weights("encoder", groups, metadata={"step": 7})
+    assert path.read_bytes() == run.path.joinpath("encoder.safetensors").read_bytes()  # deterministic bytes
+    assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]  # no temp files left behind
+
+
+def test_normalizers_and_train_state_round_trip(tmp_path, store):
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    run = make_run(tmp_path, store)
+    norm = MinMaxNormalizer.fit(np.random.default_rng(0).normal(size=(50, 3)))
+    run.save_normalizers({"action": norm})
+    back = run.load_normalizers()["action"]
+    assert np.array_equal(back.min, norm.min) and np.array_equal(back.max, norm.max)
+
+    def trainer():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        return model, opt, get_scheduler("cosine", opt, num_warmup_steps=2, num_training_steps=20), \
+            EMAModel(model.parameters(), power=0.75, use_ema_warmup=True)
+
+    model, opt, sched, ema = trainer()
+    for _ in range(3):
+        model(torch.randn(8, 4)).pow(2).sum().backward()
+        opt.step(), sched.step(), ema.step(model.parameters())
+    run.save_train_state(3, optimizer=opt, scheduler=sched, ema=ema, seed=5)
+    model2, opt2, sched2, ema2 = trainer()
+    assert RunDir.open(tmp_path / "run").load_train_state(optimizer=opt2, scheduler=sched2, ema=ema2) == 3
+    assert run.train_state_values() == {"seed": 5, "step": 3}
+    assert sched2.get_last_lr() == sched.get_last_lr() and ema2.optimization_step == ema.optimization_step
+    for a, b in zip(ema.shadow_params, ema2.shadow_params):
+        assert torch.equal(a, b)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert all(torch.equal(s1[i][k], s2[i][k]) for i in s1 for k in s1[i])
+
+
+def test_nested_state_without_pickle():
+    tree = {"a": [1, 2.5, None, "x", (torch.ones(2), True)], 3: {"t": torch.zeros(1)}}
+    skeleton, tensors = split_tensors(tree)
+    json.dumps(skeleton)  # plain JSON
+    back = join_tensors(json.loads(json.dumps(skeleton)), tensors)
+    assert back["a"][:4] == [1, 2.5, None, "x"] and isinstance(back["a"][4], tuple)
+    assert torch.equal(back["a"][4][0], torch.ones(2)) and 3 in back
+    with pytest.raises(ClassRosError, match="without pickle"):
+        split_tensors({"f": object()})
+
+
+def test_damaged_files_are_refused(tmp_path, store):
+    run = make_run(tmp_path, store)
+    run.save_weights("encoder", {"ema": {"w": torch.randn(64, 64)}})
+    path = run.path / "encoder.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    with pytest.raises(ClassRosError, match="truncated"):
+        RunDir.open(run.path).load_weights("encoder")
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ClassRosError, match="checksum"):
+        RunDir.open(run.path).load_weights("encoder")
+    path.unlink()
+    with pytest.raises(ClassRosError, match="missing"):
+        RunDir.open(run.path).load_weights("encoder")
+    meta = (run.path / "meta.json").read_text()
+    (run.path / "meta.json").write_text(meta[: len(meta) // 2])
+    with pytest.raises(ClassRosError, match="truncated"):
+        RunDir.open(run.path)
+
+
+def test_mismatches_are_refused(tmp_path, store):
+    from class_ros.encoder.synthetic import make_latent_dataset
+
+    make_run(tmp_path, store)
+    other = make_latent_dataset(tmp_path / "other", n_episodes=3, length=6, size=16, seed=1)
+    with pytest.raises(ClassRosError, match="was trained on dataset"):
+        RunDir.open(tmp_path / "run", store=other)
+    with pytest.raises(ClassRosError, match="config differs"):
+        RunDir.open(tmp_path / "run", config={"lr": 0.002, "encoder": {"backbone": "small"}})
+    RunDir.open(tmp_path / "run", config={"lr": 0.001, "encoder": {"backbone": "small"}})  # same config is fine
+    with pytest.raises(ClassRosError, match="'diffusion' run is needed"):
+        RunDir.open(tmp_path / "run", kind="diffusion")
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    meta["format_version"] = 99
+    (tmp_path / "run" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ClassRosError, match="format version 99"):
+        RunDir.open(tmp_path / "run")
+    with pytest.raises(ClassRosError, match="already exists"):
+        make_run(tmp_path, store)
+    with pytest.raises(ClassRosError, match="not a class_ros run"):
+        RunDir.open(tmp_path / "nothing")
