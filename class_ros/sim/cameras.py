@@ -1,14 +1,14 @@
 """Camera modes of the `agentview` camera: the visual shift CLASS is about.
 
 A pose is (azimuth, elevation, distance, roll) of a camera looking at the workspace centre
-`LOOKAT` = (0.33, 0, 0.1) m. Azimuth 0 puts the camera in front of the arm (on the +x side, looking
+`LOOKAT` = (0.34, 0, 0.1) m. Azimuth 0 puts the camera in front of the arm (on the +x side, looking
 back at the base); positive azimuth swings it to the arm's left (+y). Elevation is the angle above
 the table plane; roll turns the image about the viewing axis. Angles in degrees, distance in metres.
 
 Modes and their distributions (all uniform, drawn from the episode's seed):
-- `fixed`:   azimuth 0, elevation 35, distance 0.95, roll 0, every episode.
-- `random`:  a new pose each episode: azimuth in [-50, 50], elevation in [20, 60],
-             distance in [0.8, 1.15], roll in [-10, 10].
+- `fixed`:   azimuth 0, elevation 40, distance 0.85, roll 0, every episode.
+- `random`:  a new pose each episode: azimuth in [-50, 50], elevation in [25, 65],
+             distance in [0.72, 1.05], roll in [-10, 10].
 - `moving`:  the pose drifts smoothly during the episode, like the paper's dynamic camera: each
              parameter is centre + amplitude * sin(2 pi t / period + phase) with amplitudes
              azimuth 20, elevation 8, distance 0.1, roll 4, periods in [6, 14] s and centres drawn
@@ -27,7 +27,7 @@ import numpy as np
 from class_ros.errors import ClassRosError
 
 CAMERA_MODES = ("fixed", "random", "moving", "heldout")
-LOOKAT = np.array([0.33, 0.0, 0.1])
+LOOKAT = np.array([0.34, 0.0, 0.1])
 FOVY_DEG = 45.0
 
 
@@ -41,15 +41,15 @@ class CameraPose:
     roll: float
 
 
-FIXED_POSE = CameraPose(azimuth=0.0, elevation=35.0, distance=0.95, roll=0.0)
+FIXED_POSE = CameraPose(azimuth=0.0, elevation=40.0, distance=0.85, roll=0.0)
 
 # Per mode and parameter: a list of closed intervals the parameter is drawn from.
 CAMERA_RANGES: dict[str, dict[str, list[tuple[float, float]]]] = {
     "fixed": {k: [(v, v)] for k, v in dataclasses.asdict(FIXED_POSE).items()},
-    "random": {"azimuth": [(-50.0, 50.0)], "elevation": [(20.0, 60.0)],
-               "distance": [(0.8, 1.15)], "roll": [(-10.0, 10.0)]},
-    "heldout": {"azimuth": [(-100.0, -65.0), (65.0, 100.0)], "elevation": [(20.0, 60.0)],
-                "distance": [(0.8, 1.15)], "roll": [(-10.0, 10.0)]},
+    "random": {"azimuth": [(-50.0, 50.0)], "elevation": [(25.0, 65.0)],
+               "distance": [(0.72, 1.05)], "roll": [(-10.0, 10.0)]},
+    "heldout": {"azimuth": [(-100.0, -65.0), (65.0, 100.0)], "elevation": [(25.0, 65.0)],
+                "distance": [(0.72, 1.05)], "roll": [(-10.0, 10.0)]},
 }
 CAMERA_RANGES["moving"] = CAMERA_RANGES["random"]  # the moving path never leaves the random ranges
 _AMPLITUDE = {"azimuth": 20.0, "elevation": 8.0, "distance": 0.1, "roll": 4.0}
