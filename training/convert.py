@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from class_ros.errors import ClassRosError
@@ -96,7 +97,8 @@ def convert_bags(paths, mapping, out, msg_dir=None, strict=False, overwrite=Fals
                             f"{', '.join(map(str, paths))}.")
 
     report = {"mapping": mapping.path, "out": str(out), "episodes": [], "skipped": [], "frames": 0,
-              "messages": 0, "n_episodes": 0}
+              "messages": 0, "n_episodes": 0,
+              "write_s": 0.0}  # time spent writing the store, to tell reading from writing in benchmarks
     store: EpisodeStore | None = None
 
     def skip(bag_path, reason: str) -> None:
@@ -131,7 +133,9 @@ def convert_bags(paths, mapping, out, msg_dir=None, strict=False, overwrite=Fals
                                            source="rosbag2", joint_names=result.joint_names,
                                            extra={"mapping": mapping.to_dict(), "convert_report": REPORT_NAME})
                         store = EpisodeStore.create(out, meta, overwrite=overwrite)
+                    t_write = time.perf_counter()
                     rep["episode"] = store.append_episode(ep)
+                    report["write_s"] += time.perf_counter() - t_write
                     report["frames"] += rep["kept"]
                 report["episodes"].append(rep)
             if store is not None:

@@ -15,7 +15,7 @@ from class_ros.data.bags import fields as fp
 from class_ros.data.bags.mapping import Mapping, Source
 from class_ros.data.bags.reading import (IMAGE_TYPES, BagSkipped, build_typestore, check_readable, check_topics,
                                          iter_images,
-                                         message_times, open_bag, read_topics, stamp_ns)
+                                         message_times, open_bag, read_topics)
 from class_ros.data.bags.sync import NS, Sampled, Track, frame_grid, sample, split_windows
 from class_ros.data.images import UnsupportedEncoding, decode_compressed, decode_image, preprocess
 from class_ros.data.schema import ACTION, KeySchema, obs_key

@@ -7,6 +7,7 @@ Quaternion, a Vector3); each becomes a flat float vector. Joint positions are pi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import numpy as np
@@ -20,7 +21,8 @@ def _fields(msg) -> list[str]:
     return [f.name for f in dataclasses.fields(msg) if not f.name.startswith("__")]
 
 
-def _parse(path: str) -> list[str | int]:
+@functools.lru_cache(maxsize=256)  # the same few paths are resolved for every message of a bag
+def _parse(path: str) -> tuple[str | int, ...]:
     steps = []
     for part in path.split("."):
         found = _STEP.findall(part)
@@ -28,7 +30,7 @@ def _parse(path: str) -> list[str | int]:
             raise ClassRosError(f"field path {path!r} is malformed; write it like 'pose.pose.position' or "
                                 "'points[0].positions'.")
         steps += [n if n else int(i) for n, i in found]
-    return steps
+    return tuple(steps)
 
 
 class MissingValue(Exception):

@@ -9,6 +9,7 @@ reports it and goes on with the next bag.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,10 +110,16 @@ def _embedded_types(conn) -> dict:
     return {}
 
 
+_TYPESTORES: dict[str, object] = {}  # bags of one recording setup share definitions: build each store once
+
+
 def build_typestore(connections, extra_types: dict):
     """A typestore with the bag's embedded definitions for `connections`, then --msg-dir, then built-in types."""
     from rosbags.typesys import Stores, TypesysError, get_typestore
 
+    key = repr((sorted((c.msgtype, c.msgdef.data) for c in connections), sorted(extra_types.items())))
+    if key in _TYPESTORES:
+        return _TYPESTORES[key]
     typs = dict(get_typestore(Stores.LATEST).fielddefs)
     typs.update(extra_types)
     for conn in connections:
@@ -127,6 +134,9 @@ def build_typestore(connections, extra_types: dict):
         if conn.msgtype not in store.types:
             raise BagSkipped(f"message type {conn.msgtype} of topic {conn.topic} is unknown: the bag embeds no "
                              "definition for it; pass --msg-dir with its <package>/msg/<Name>.msg file")
+    if len(_TYPESTORES) >= 16:
+        _TYPESTORES.clear()
+    _TYPESTORES[key] = store
     return store
 
 
@@ -238,15 +248,22 @@ def read_topics(reader, conns_by_topic: dict[str, list], typestore, image_topics
     return out
 
 
-class _Header:
-    """Just a message's header (image topics), so a bag's frames are not all held in memory."""
+class _Stamped:
+    """Just a message's header stamp (image topics), so a bag's frames are not all held in memory."""
 
-    def __init__(self, header):
-        self.header = header
+    def __init__(self, stamp_ns: int):
+        self.stamp_ns = stamp_ns
 
 
-def _header_only(typestore, raw, msgtype: str):
-    return _Header(typestore.deserialize_cdr(raw, msgtype).header)
+def _header_only(typestore, raw, msgtype: str) -> _Stamped:
+    # Image and CompressedImage start with std_msgs/Header, so in CDR the stamp's sec (int32) and nanosec
+    # (uint32) are the 8 bytes after the 4-byte encapsulation header; reading them skips copying the pixels.
+    if len(raw) >= 12 and raw[0] == 0 and raw[1] in (0, 1):
+        sec, nanosec = struct.unpack_from("<iI" if raw[1] == 1 else ">iI", raw, 4)
+    else:  # another encapsulation: let rosbags parse it
+        stamp = typestore.deserialize_cdr(raw, msgtype).header.stamp
+        sec, nanosec = stamp.sec, stamp.nanosec
+    return _Stamped(int(sec) * 1_000_000_000 + int(nanosec))
 
 
 def iter_images(reader, conns: list, typestore, wanted: set[int]):
@@ -263,6 +280,8 @@ def iter_images(reader, conns: list, typestore, wanted: set[int]):
 
 def stamp_ns(msg) -> int:
     """The header stamp in ns, or 0 when the message has no header."""
+    if isinstance(msg, _Stamped):
+        return msg.stamp_ns
     header = getattr(msg, "header", None)
     if header is None:
         return 0
