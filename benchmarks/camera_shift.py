@@ -46,16 +46,21 @@ _BASE = {
     "sim_demos": {"episodes": 50, "camera": "random", "storage": "mcap", "image_size": 96},
     "convert": {"mapping": "config/mappings/sim.yaml"},
     "dtw": {"horizon": 16, "quantile": 0.025, "mode": "exact"},
-    "pretrain": {"config": {}},
-    "finetune": {"config": {}},
+    "pretrain": {"base": "training/configs/pretrain_cpu.yaml", "overrides": {}},
+    "finetune": {"base": "training/configs/finetune_cpu.yaml", "overrides": {}},
     "evaluate": {"episodes": 50, "cameras": list(CAMERAS)},
 }
 PRESETS = {
-    "smoke": {"sim_demos": {"episodes": 4}, "evaluate": {"episodes": 2}, "note": "SMOKE RUN: 2 episodes per cell, "
+    "smoke": {"sim_demos": {"episodes": 4}, "evaluate": {"episodes": 2},
+              "pretrain": {"overrides": {"steps": 20, "batch_size": 32, "warmup_steps": 5}},
+              "finetune": {"overrides": {"steps": 20}}, "note": "SMOKE RUN: 2 episodes per cell, "
               "checks that every stage runs; the numbers say nothing about the method."},
     "quick": {"sim_demos": {"episodes": 40}, "note": "quick CPU preset: small encoder, short training, "
               "50 evaluation episodes per cell."},
-    "full": {"sim_demos": {"episodes": 200}, "note": "full preset for a GPU machine."},
+    "full": {"sim_demos": {"episodes": 200},
+             "pretrain": {"base": "training/configs/pretrain_gpu.yaml"},
+             "finetune": {"base": "training/configs/finetune_gpu.yaml"},
+             "note": "full preset for a GPU machine."},
 }
 
 
@@ -99,9 +104,10 @@ def _stages():
 
     def finetune(init):
         def work(d):
+            from training.demo import merged_config
             from training.finetune import finetune as run_finetune
             out = d.path("dp_class" if init else "dp_scratch")
-            return run_finetune(d.dataset, d.class_run if init else None, out, d.cfg["finetune"]["config"])
+            return run_finetune(d.dataset, d.class_run if init else None, out, merged_config(d.cfg["finetune"]))
         return work
 
     def evaluate(name):

@@ -40,6 +40,9 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 PRESETS = {"default": "demo.yaml", "tiny": "demo_tiny.yaml"}
 STAMP_VERSION = 1  # bump when a stage's outputs change meaning, so old stamps stop matching
 
+DEMO_ENV = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOCALHOST_ONLY": "1", "MUJOCO_GL": "egl",
+            "PYOPENGL_PLATFORM": "egl"}
+
 # Statuses a stage can end in.
 RAN, REUSED, NOT_BUILT, SKIPPED, FAILED = "ran", "reused", "not built yet", "skipped", "failed"
 
@@ -170,7 +173,8 @@ def _evaluate(d: Demo) -> dict:
     for i, camera in enumerate(c["cameras"]):
         policy = load_policy(d.class_run, kind=c["policy"], device=d.cfg["device"])
         res = evaluate_policy(policy, task=d.cfg["task"], camera=camera, episodes=c["episodes"],
-                              seed=d.cfg["seed"] + 1000 * (i + 1))
+                              seed=d.cfg["seed"] + 1000 * (i + 1), image_size=(d.cfg["sim_demos"]["image_size"],) * 2,
+                              video_path=d.path(f"eval/{camera}.mp4"))
         save_json(d.path(f"eval/{camera}.json"), _jsonable(res))
         results[camera] = _jsonable(res)
     return results
@@ -204,13 +208,6 @@ def _rate(res: dict) -> float | None:
     return None
 
 
-def _first(summary: dict, *keys, fmt="{}") -> str:
-    for k in keys:
-        if isinstance(summary, dict) and summary.get(k) is not None:
-            return f"{k} " + fmt.format(summary[k])
-    return ""
-
-
 def _eval_key(s: dict) -> str:
     return ", ".join(f"{cam} {_rate(r):.0%}" for cam, r in s.items() if _rate(r) is not None)
 
@@ -224,15 +221,15 @@ def _loop_key(s: dict) -> str:
 
 STAGES = [
     Stage("sim-demos", ["training.sim_demos"], 4, [], ["bags"], _sim_demos,
-          lambda s: _first(s, "expert_success_rate", "success_rate", fmt="{:.0%}"), ["sim_demos"]),
+          lambda s: f"{s['episodes_kept']} episodes, expert success {s['expert_success_rate']:.0%}", ["sim_demos"]),
     Stage("convert", ["training.convert"], 5, ["sim-demos"], ["dataset"], _convert,
-          lambda s: _first(s, "frames", "n_frames", "frames_kept"), ["convert"]),
+          lambda s: f"{s['n_episodes']} episodes, {s['frames']} frames", ["convert"]),
     Stage("dtw", ["training.dtw"], 3, ["convert"], ["positives.npz"], _dtw,
-          lambda s: _first(s, "threshold", fmt="{:.4g}"), ["dtw"]),
+          lambda s: f"threshold {s['threshold']:.4g}, {s['pairs']} positive pairs", ["dtw"]),
     Stage("pretrain", ["training.pretrain"], 6, ["dtw"], ["class_run"], _pretrain,
-          lambda s: _first(s, "loss_last", "loss", fmt="{:.3f}"), ["pretrain"]),
+          lambda s: f"loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} in {s['steps']} steps", ["pretrain"]),
     Stage("index", ["training.index"], 6, ["pretrain"], [], _index,
-          lambda s: _first(s, "n_vectors", "n", "size"), []),
+          lambda s: f"{s['n']} frames, {s['index_kind']} index, recall@64 {s['recall_at_64']:.2f}", []),
     Stage("evaluate", ["training.evaluate", "class_ros.policy"], 4, ["index"],
           ["eval"], _evaluate, _eval_key, ["evaluate"]),
     Stage("closed-loop", ["class_ros.nodes.graph"], 8, ["index"], ["closed_loop.json"], _closed_loop,
@@ -275,6 +272,9 @@ def _jsonable(obj):
 # ---------------------------------------------------------------- the runner
 def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fresh: bool = False) -> dict:
     """Run every stage that is built (reusing up-to-date outputs), write the report, print the table."""
+    # As `make demo` sets them: the demo's ROS nodes stay on this machine, MuJoCo renders off-screen.
+    for name, value in DEMO_ENV.items():
+        os.environ.setdefault(name, value)
     out = Path(out)
     table, status = run_stages(out, load_config(preset), STAGES, fresh=fresh)
     ok = all(status[s.name] in (RAN, REUSED) for s in STAGES)

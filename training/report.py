@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from class_ros.errors import ClassRosError
+
 REPORT_NAME = "report.md"
 
 
@@ -377,6 +379,8 @@ def gather_inputs(demo_dir: str | os.PathLike, cfg: dict, stages: list[dict] | N
             gather(demo, cfg, inputs, rng)
         except _Missing as why:
             inputs.notes[name] = str(why)
+        except ClassRosError as err:  # e.g. a run without an index: the section says what is wrong
+            inputs.notes[name] = str(err).rstrip(".")
         except ImportError as err:
             inputs.notes[name] = f"`{err.name or err}` is not built yet"
     if not inputs.stages:
@@ -423,10 +427,13 @@ def _gather_positives(demo, cfg, inputs, rng) -> None:
     store = _store(demo)
     n_anchor, n_pos = cfg["report"]["anchors"], cfg["report"]["positives"]
     episode = np.searchsorted(store.episode_ends, np.arange(store.n_frames), side="right")
-    counts = np.diff(pos["indptr"])
-    eligible = np.flatnonzero(counts >= 1)
-    if len(eligible) == 0:
+    if len(pos["indices"]) == 0:
         raise _Missing("the DTW stage found no positive pairs")
+    rows = np.repeat(np.arange(len(pos["indptr"]) - 1), np.diff(pos["indptr"]))
+    cross = episode[pos["indices"]] != episode[rows]
+    # Anchors whose positives include other episodes (other camera poses) show the point of the method;
+    # neighbouring frames of one episode are positives too, but trivially so.
+    eligible = np.unique(rows[cross]) if cross.any() else np.unique(rows)
     # Anchors spread over the dataset (so over episodes and task phases), not the most crowded rows.
     anchors = eligible[np.linspace(0, len(eligible) - 1, min(n_anchor, len(eligible))).astype(int)]
     chosen = []
@@ -503,13 +510,45 @@ def _gather_embeddings(demo, cfg, inputs, rng) -> None:
     inputs.camera = np.searchsorted(store.episode_ends, idx, side="right")
 
 
+def heldout_frames(task: str, n: int, seed: int, image_size) -> list[dict]:
+    """`n` observations from `heldout` cameras (a new pose per frame), spread over scripted-expert episodes."""
+    from class_ros.sim.env import ArmEnv
+    from class_ros.sim.expert import make_expert
+    frames = []
+    with ArmEnv(task, camera="heldout", image_size=tuple(image_size)) as env:
+        for q in range(n):
+            obs, done = env.reset(seed + q), False
+            expert = make_expert(task, np.random.default_rng(seed + q))
+            episode = [obs]
+            while not done:
+                obs, _, done, _ = env.step(expert.act(env))
+                episode.append(obs)
+            frames.append(episode[int((q + 0.5) / n * len(episode))])  # query q from phase (q + 0.5) / n
+    return frames
+
+
 def _gather_neighbours(demo, cfg, inputs, rng) -> None:
-    raise _Missing("neighbour figure not wired yet")
+    from class_ros.policy import load_policy
+    from class_ros.policy.retrieval import normalize_rows
+    store = _store(demo)
+    policy = load_policy(_need(demo / "class_run", "pretrain"), kind="retrieval")
+    key = _camera_key(store)
+    camera = key.removeprefix("obs/")
+    queries = heldout_frames(cfg["task"], cfg["report"]["queries"], cfg["seed"] + 777,
+                             store.meta.keys[key].shape[:2])
+    k = cfg["report"]["neighbours"]
+    feats = normalize_rows(np.stack([policy.embed(obs) for obs in queries]).astype(np.float32))
+    sims, ids = policy.index.search(feats, k)  # the policy's own index: what it would retrieve
+    frames = policy.frames[ids]  # (Q, K) dataset frames
+    inputs.query_images = np.stack([obs[camera] for obs in queries])
+    inputs.neighbour_images = store.read(key, frames.reshape(-1)).reshape(*frames.shape, *inputs.query_images.shape[1:])
+    inputs.neighbour_distances = 1.0 - sims.astype(np.float64)
 
 
 def _success_record(res: dict, via: str) -> dict:
     """An evaluation dict (direct or through ROS) as {"successes", "episodes", "ci_low", "ci_high", "via"}."""
-    n = int(res.get("episodes", res.get("n_episodes", 0)))
+    n = res.get("episodes", res.get("n_episodes", 0))
+    n = len(n) if isinstance(n, list) else int(n)  # the closed loop lists its episodes
     if "successes" in res:
         s = int(res["successes"])
     else:
