@@ -1,10 +1,10 @@
 """Bag conversion rate: a ~10k-message rosbag2 recording -> dataset store, in messages/s and frames/s.
 
 Usage:
-    python benchmarks/convert.py [--seconds 60] [--storage mcap|sqlite3] [--out benchmarks/results/convert.json]
+    python benchmarks/convert.py [--seconds 61] [--storage mcap|sqlite3] [--out benchmarks/results/convert.json]
 
 The bag looks like a real arm recording (issue 5): a 30 Hz 160x120 rgb8 camera, a 15 Hz JPEG wrist camera,
-100 Hz joint states, 10 Hz arm and gripper commands; 60 s give ~10.5k messages and 600 frames at 10 Hz.
+100 Hz joint states, 10 Hz arm and gripper commands; 61 s give 10065 messages and 610 frames at 10 Hz.
 Peers in the same run, on the same bag:
     raw read          rosbags Reader yielding every message's bytes (no deserialisation): the I/O floor
     deserialise all   rosbags AnyReader deserialising every message (what a naive converter starts with)
@@ -127,7 +127,7 @@ def deserialise_all(bag: Path, decode_images: bool = False) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=60.0, help="recording length (60 s ~ 10.5k messages)")
+    ap.add_argument("--seconds", type=float, default=61.0, help="recording length (61 s: 10065 messages)")
     ap.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/convert.json"))
     args = ap.parse_args()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -387,8 +388,9 @@ def test_killed_conversion_leaves_last_complete_episode(tmp_path):
     import sys
     import time
     bags = tmp_path / "bags"
-    for i in range(40):
-        _simple_bag(bags / f"bag{i:02d}", "sqlite3", n=30)
+    _simple_bag(bags / "bag00", "sqlite3", n=30)
+    for i in range(1, 40):  # copies: writing 40 bags would dominate the test
+        shutil.copytree(bags / "bag00", bags / f"bag{i:02d}")
     mapping = tmp_path / "m.yaml"
     mapping.write_text(yaml.safe_dump(_mapping(max_age_s=0.2)))
     out = tmp_path / "ds"
@@ -411,3 +413,31 @@ def test_killed_conversion_leaves_last_complete_episode(tmp_path):
     last = store.episode(store.n_episodes - 1)
     np.testing.assert_array_equal(last["action"][:, 1], 2 * np.arange(30))
     shutil.rmtree(out)
+
+
+def test_lone_mcap_files_and_folders_of_them(tmp_path):
+    _simple_bag(tmp_path / "a", "mcap", n=12)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(tmp_path / "a" / "a.mcap", loose / "one.mcap")
+    shutil.copy(tmp_path / "a" / "a.mcap", loose / "two.mcap")
+    m = parse_mapping(_mapping(max_age_s=0.2))
+    report = convert_bags([tmp_path / "a" / "a.mcap", loose], m, tmp_path / "ds")
+    assert [Path(e["bag"]).name for e in report["episodes"]] == ["a.mcap", "one.mcap", "two.mcap"]
+    assert EpisodeStore.open(tmp_path / "ds").episode_ends.tolist() == [12, 24, 36]
+    (loose / "x.db3").write_bytes(b"")
+    with pytest.raises(ClassRosError, match="a lone .db3 file cannot be read"):
+        convert_bags([loose / "x.db3"], m, tmp_path / "db3")
+
+
+def test_header_stamps_on_another_clock_are_refused(tmp_path):
+    msgs = []
+    for k in range(10):  # joint states stamped in sim time (seconds since start), commands without header
+        t = T0 + k * 100 * MS
+        msgs.append(("/joint_states", JS, t, joint_state(k * 100 * MS + 1, ["a", "b", "c"], [k, k, k])))
+        msgs.append(("/cmd", F64, t, float_array([k, k])))
+    write_bag(tmp_path / "bag", msgs, "sqlite3")
+    with pytest.raises(ClassRosError, match=r"joint_pos's header stamps are -1700000000.0 s away.*time: receive"):
+        convert_bags([tmp_path / "bag"], parse_mapping(_mapping(max_age_s=0.2)), tmp_path / "ds")
+    convert_bags([tmp_path / "bag"], parse_mapping(_mapping(max_age_s=0.2, time="receive")), tmp_path / "ds")
+    assert EpisodeStore.open(tmp_path / "ds").n_frames == 10

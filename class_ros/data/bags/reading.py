@@ -110,6 +110,24 @@ def _embedded_types(conn) -> dict:
     return {}
 
 
+def _closure(typs: dict, roots: list[str]) -> dict:
+    """The definitions of `roots` and every type they reference (registering all ~150 built-ins is slow)."""
+    from rosbags.interfaces import Nodetype
+
+    out, todo = {}, [r for r in roots if r in typs]
+    while todo:
+        name = todo.pop()
+        if name in out:
+            continue
+        out[name] = typs[name]
+        for _field, (node, spec) in typs[name][1]:
+            if node in (Nodetype.ARRAY, Nodetype.SEQUENCE):
+                node, spec = spec[0]
+            if node == Nodetype.NAME and spec in typs:
+                todo.append(spec)
+    return out
+
+
 _TYPESTORES: dict[str, object] = {}  # bags of one recording setup share definitions: build each store once
 
 
@@ -129,7 +147,7 @@ def build_typestore(connections, extra_types: dict):
             raise BagSkipped(f"the definition of {conn.msgtype} embedded for topic {conn.topic} cannot be parsed "
                              f"({str(err).splitlines()[0][:120]})") from None
     store = get_typestore(Stores.EMPTY)
-    store.register(typs)
+    store.register(_closure(typs, [c.msgtype for c in connections]))
     for conn in connections:
         if conn.msgtype not in store.types:
             raise BagSkipped(f"message type {conn.msgtype} of topic {conn.topic} is unknown: the bag embeds no "
