@@ -218,6 +218,8 @@ def test_marker_and_gap_splits(tmp_path):
     bool_t = "std_msgs/msg/Bool"
     for t_ms, on in [(500, True), (1500, False), (1800, True)]:
         msgs.append(("/episode", bool_t, T0 + t_ms * MS, TS.types[bool_t](data=on)))
+    for t_ms in (1000, 2000):
+        msgs.append(("/split", "std_msgs/msg/Empty", T0 + t_ms * MS, TS.types["std_msgs/msg/Empty"]()))
     write_bag(tmp_path / "bag", msgs, "sqlite3")
 
     m = _mapping(episodes={"gap_s": 1.0})
@@ -235,6 +237,14 @@ def test_marker_and_gap_splits(tmp_path):
     assert [e["kept"] for e in r["episodes"]] == [11, 7, 15]
     np.testing.assert_array_equal(store.episode(0)["obs/joint_pos"][[0, -1], 0], [5, 15])
     np.testing.assert_array_equal(store.episode(1)["obs/joint_pos"][[0, -1], 0], [18, 24])
+
+    m = _mapping(episodes={"marker_topic": "/split"})  # Empty markers cut; the message at a cut starts anew
+    m["observations"]["joint_pos"]["max_age_s"] = 0.01
+    r = convert_bags([tmp_path / "bag"], parse_mapping(m), tmp_path / "empty")
+    assert [e["kept"] for e in r["episodes"]] == [10, 10, 20]
+    assert r["episodes"][2]["dropped"] == {"stale:joint_pos": 15}  # the pause, no gap_s split this time
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "empty").episode(1)["obs/joint_pos"][[0, -1], 0],
+                                  [10, 19])
 
 
 def test_unsupported_encoding_names_topic_and_encoding(tmp_path):

@@ -140,66 +140,71 @@ def _convert_open(reader, mapping: Mapping, extra_types: dict, progress) -> BagR
     check_readable(reader, conns)
     typestore = build_typestore([c for cs in conns.values() for c in cs], extra_types)
     data = read_topics(reader, conns, typestore, image_topics, progress)
-    result = BagResult(messages=sum(len(d.messages) for d in data.values()))
-
-    keys: dict[str, KeyTracks] = {}
-    for name, src in obs.items():
-        keys[name] = _image_tracks(src, data[src.topic]) if src.image else _low_dim_tracks(src, data[src.topic], name)
+    result = BagResult(messages=sum(len(d.messages) for d in data.values()), joint_names=_joint_names(mapping))
+    keys = _key_tracks(mapping, data)
+    _check_clocks(keys)
     if mapping.action_sources:
-        parts = [_low_dim_tracks(s, data[s.topic], f"action[{i}]") for i, s in enumerate(mapping.action_sources)]
-        for i, p in enumerate(parts):
-            keys[f"action[{i}]"] = p
-        result.action_names = [n for p in parts for n in p.names]
+        result.action_names = [n for i in range(len(mapping.action_sources)) for n in keys[f"action[{i}]"].names]
     else:
         result.action_names = [f"next_{n}" for n in keys[mapping.next_observation].names]
-    _check_clocks(keys)
-    result.joint_names = _joint_names(mapping)
 
-    ref = data[mapping.reference]
-    ref_times = np.sort(message_times(ref, mapping.time))
-    markers = None
-    if mapping.marker_topic:
-        m = data[mapping.marker_topic]
-        m_times = message_times(m, mapping.time)
-        order = np.argsort(m_times, kind="stable")
-        values = None if m.msgtype.endswith("/Empty") else np.array([bool(x.data) for x in m.messages])[order]
-        markers = (m_times[order], values)
-    windows = split_windows(ref_times, *(markers or (None, None)), gap_s=mapping.gap_s)
-
-    # Sample every window first, so the images needed by all of them are decoded in one more pass.
-    plans = []
-    for start, end in windows:
+    ref_times = np.sort(message_times(data[mapping.reference], mapping.time))
+    plans = []  # every window is sampled first, so one more pass decodes the images all of them need
+    for start, end in _windows(mapping, data, ref_times):
         t = frame_grid(ref_times, start, end, mapping.rate_hz)
         if len(t):
             plans.append(_sample_window(t, keys, mapping))
-    wanted = {n: set() for n, s in obs.items() if s.image}
+    decoded = _decode_sampled(reader, conns, typestore, obs, plans)
     for plan in plans:
-        for n in wanted:
-            wanted[n].update(plan["sampled"][n].values[plan["keep"]].tolist())
-    decoded: dict[str, dict[int, np.ndarray | None]] = {}
-    for n, ordinals in wanted.items():
-        src = obs[n]
-        decoded[n] = {}
-        for ordinal, msg in iter_images(reader, conns[src.topic], typestore, ordinals):
-            try:
-                decoded[n][ordinal] = _decode(msg, src)
-            except UnsupportedEncoding:
-                raise
-            except ClassRosError:
-                decoded[n][ordinal] = None  # one corrupt frame: drop the frames that sample it
-
-    for plan in plans:
-        episode, report = _assemble(plan, obs, decoded, mapping)
+        episode, report = _assemble(plan, obs, decoded)
         result.reports.append(report)
         if episode is not None:
             result.episodes.append(episode)
     for name, src in obs.items():
-        if src.image:
-            result.schemas[obs_key(name)] = KeySchema("uint8", (*src.image.size, 3), "image")
-        else:
-            result.schemas[obs_key(name)] = KeySchema("float32", (len(keys[name].names),), "low_dim")
+        shape = (*src.image.size, 3) if src.image else (len(keys[name].names),)
+        result.schemas[obs_key(name)] = KeySchema("uint8" if src.image else "float32", shape,
+                                                  "image" if src.image else "low_dim")
     result.schemas[ACTION] = KeySchema("float32", (len(result.action_names),), "low_dim")
     return result
+
+
+def _key_tracks(mapping: Mapping, data) -> dict[str, KeyTracks]:
+    """Tracks of every observation key and of each action source (`action[i]`)."""
+    keys: dict[str, KeyTracks] = {}
+    for name, src in mapping.observations.items():
+        keys[name] = _image_tracks(src, data[src.topic]) if src.image else _low_dim_tracks(src, data[src.topic], name)
+    for i, src in enumerate(mapping.action_sources):
+        keys[f"action[{i}]"] = _low_dim_tracks(src, data[src.topic], f"action[{i}]")
+    return keys
+
+
+def _windows(mapping: Mapping, data, ref_times: np.ndarray) -> list[tuple[int, int]]:
+    """Episode windows of the bag: markers and gaps as the mapping says, else the whole reference span."""
+    if not mapping.marker_topic:
+        return split_windows(ref_times, gap_s=mapping.gap_s)
+    m = data[mapping.marker_topic]
+    m_times = message_times(m, mapping.time)
+    order = np.argsort(m_times, kind="stable")
+    values = None if m.msgtype.endswith("/Empty") else np.array([bool(x.data) for x in m.messages])[order]
+    return split_windows(ref_times, m_times[order], values, gap_s=mapping.gap_s)
+
+
+def _decode_sampled(reader, conns, typestore, obs: dict[str, Source], plans: list[dict]) -> dict:
+    """{image key: {message ordinal: (H, W, 3) uint8, or None if that frame is corrupt}} for kept frames."""
+    decoded: dict[str, dict[int, np.ndarray | None]] = {}
+    for name, src in obs.items():
+        if not src.image:
+            continue
+        wanted = {int(o) for plan in plans for o in plan["sampled"][name].values[plan["keep"]]}
+        decoded[name] = {}
+        for ordinal, msg in iter_images(reader, conns[src.topic], typestore, wanted):
+            try:
+                decoded[name][ordinal] = _decode(msg, src)
+            except UnsupportedEncoding:
+                raise
+            except ClassRosError:
+                decoded[name][ordinal] = None  # one corrupt frame: drop the frames that sample it
+    return decoded
 
 
 def _joint_names(mapping: Mapping) -> list[str]:
@@ -242,7 +247,7 @@ def _sample_window(t: np.ndarray, keys: dict[str, KeyTracks], mapping: Mapping) 
     return {"t": t, "sampled": sampled, "reasons": reasons, "keep": reasons == ""}
 
 
-def _assemble(plan: dict, obs: dict[str, Source], decoded: dict, mapping: Mapping) -> tuple[dict | None, dict]:
+def _assemble(plan: dict, obs: dict[str, Source], decoded: dict) -> tuple[dict | None, dict]:
     t, sampled, reasons = plan["t"], plan["sampled"], plan["reasons"].copy()
     for name in decoded:  # frames whose image could not be decoded
         bad = np.array([reasons[i] == "" and decoded[name].get(int(o)) is None

@@ -83,8 +83,9 @@ def split_windows(ref_times: np.ndarray, marker_times: np.ndarray | None = None,
     windows = [(lo, hi)]
     if marker_times is not None and len(marker_times):
         if marker_values is None:
-            cuts = [lo, *[int(m) for m in marker_times], hi]
-            windows = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+            # A reference message exactly at a marker belongs to the episode the marker starts.
+            cuts = [lo, *[int(m) for m in marker_times if lo < m <= hi], hi + 1]
+            windows = [(a, b - 1) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
         else:
             windows, start = [], None
             for t, on in zip(marker_times, marker_values):
