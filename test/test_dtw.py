@@ -42,6 +42,17 @@ def test_hypothesis_shapes_match_aeon(T, D, n, m, seed):
     assert_close(dtw_distance(x[0], y[0]), ref[0, 0])
 
 
+def test_close_pairs_keep_relative_precision():
+    # Positives are the close pairs: the float32 kernel must not lose digits there (no |a|^2+|b|^2-2ab
+    # cancellation). Chunks in [-1, 1] against copies moved by 1e-3.
+    rng = np.random.default_rng(7)
+    x = np.sin(rng.uniform(0, 6, (20, 1, 10)) + np.linspace(0, 2, 16)[None, :, None]).astype(np.float32)
+    y = (x + rng.normal(0, 1e-3, x.shape)).astype(np.float32)
+    ref = aeon_matrix(x, y)
+    assert np.diag(ref).max() < 1e-3 * ref.mean()
+    assert_close(pairwise_dtw(x, y), ref)
+
+
 def test_dtw_distance_follows_the_method_recursion():
     # A hand-checked case: a = [0, 1], b = [0, 0, 1] in 1-D warps perfectly (distance 0),
     # and a = [0], b = [3] is the squared difference, no square root.

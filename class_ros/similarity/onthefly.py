@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from class_ros.errors import ClassRosError
-from class_ros.similarity.dtw import check_sequences, pairwise_dtw, squared_norms
+from class_ros.similarity.dtw import check_sequences, pairwise_dtw
 from class_ros.similarity.positives import (check_quantile, load_npz, n_positive_pairs, sample_distances,
                                             save_npz)
 
@@ -59,7 +59,7 @@ class OnTheFlyWeights:
         q = check_quantile(quantile)
         if len(x) < 2:
             return cls(x, q, np.zeros(0, np.float32), 1, device)
-        sample = sample_distances(x, n_samples, np.random.default_rng(seed), squared_norms(x)).reshape(-1)
+        sample = sample_distances(x, n_samples, np.random.default_rng(seed)).reshape(-1)
         keep = min(len(sample), int(math.ceil(KEEP_FACTOR * q * len(sample))) + 1)
         low = np.partition(sample, keep - 1)[:keep] if keep < len(sample) else sample
         return cls(x, q, low, len(sample), device)

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from class_ros.errors import ClassRosError
-from class_ros.similarity.dtw import (LANES, _INF, _local_cost, check_sequences, dtw_tile, squared_norms)
+from class_ros.similarity.dtw import LANES, _INF, check_sequences, dtw_tile, local_cost, pad_dims, put_lane
 
 FORMAT = "class_ros.positives.v1"
 BLOCK_ELEMENTS = 1 << 23  # rows per block * N: a 32 MB float32 scratch of candidate distances
@@ -148,77 +148,61 @@ def _batch_weights(indptr, indices, weight, idx):
 
 # ---------------------------------------------------------------- kernels
 @njit(cache=True, inline="always")
-def _corner_bound(x, xn, i, j):
+def _corner_bound(x, i, j):
     """Lower bound of dtw(i, j): every warping path starts at (0, 0) and ends at (T-1, T-1)."""
     T = x.shape[1]
-    lb = _local_cost(x[i, 0], xn[i, 0], x[j, 0], xn[j, 0])
+    lb = local_cost(x[i, 0], x[j, 0])
     if T > 1:
-        lb = lb + _local_cost(x[i, T - 1], xn[i, T - 1], x[j, T - 1], xn[j, T - 1])
+        lb = lb + local_cost(x[i, T - 1], x[j, T - 1])
     return lb
 
 
-@njit(cache=True)
-def _put_lane(x, xn, j, lane, ty, tn):
-    T, D = x.shape[1], x.shape[2]
-    for t in range(T):
-        tn[t, lane] = xn[j, t]
-        for d in range(D):
-            ty[d, t, lane] = x[j, t, d]
-
-
 @njit(cache=True, parallel=True)
-def _candidate_rows(x, xn, row0, thr, out):
-    """out[r, j] = dtw(row0 + r, j) for j > row0 + r when it is <= thr, else inf. out: (R, N) float32."""
+def _candidate_rows(x, row0, thr, out):
+    """out[r, j] = dtw(row0 + r, j) for j > row0 + r when it is <= thr, else inf. x: (N, T, D4), out: (R, N)."""
     N, T, D = x.shape
     for r in prange(out.shape[0]):
         i = row0 + np.int64(r)
         ty = np.zeros((D, T, LANES), np.float32)
-        tn = np.zeros((T, LANES), np.float32)
+        buf = np.zeros((3 * T + 1, LANES), np.float32)
         lane_j = np.empty(LANES, np.int64)
-        cost = np.empty(T * LANES, np.float32)
-        prev = np.empty(T * LANES, np.float32)
-        cur = np.empty(T * LANES, np.float32)
         res = np.empty(LANES, np.float32)
         orow = out[r]
         orow[:] = _INF
         fill = 0
         for j in range(i + 1, N):
-            if _corner_bound(x, xn, i, j) > thr:
+            if _corner_bound(x, i, j) > thr:
                 continue
-            _put_lane(x, xn, j, fill, ty, tn)
+            put_lane(ty, fill, x[j])
             lane_j[fill] = j
             fill += 1
             if fill == LANES:
-                dtw_tile(x[i], xn[i], ty, tn, thr, cost, prev, cur, res)
+                dtw_tile(x[i], ty, thr, buf, res)
                 for lane in range(LANES):
                     if res[lane] <= thr:
                         orow[lane_j[lane]] = res[lane]
                 fill = 0
         if fill > 0:  # lanes past `fill` hold stale sequences: computed, then ignored
-            dtw_tile(x[i], xn[i], ty, tn, thr, cost, prev, cur, res)
+            dtw_tile(x[i], ty, thr, buf, res)
             for lane in range(fill):
                 if res[lane] <= thr:
                     orow[lane_j[lane]] = res[lane]
 
 
 @njit(cache=True, parallel=True)
-def _rows_vs_cols(x, xn, rows, cols, out):
-    """out[r, c] = dtw(rows[r], cols[r, c]); rows (R,), cols (R, C), out (R, C) float32."""
+def _rows_vs_cols(x, rows, cols, out):
+    """out[r, c] = dtw(rows[r], cols[r, c]); x (N, T, D4), rows (R,), cols (R, C), out (R, C) float32."""
     N, T, D = x.shape
     C = cols.shape[1]
     for r in prange(len(rows)):
-        i = rows[r]
         ty = np.zeros((D, T, LANES), np.float32)
-        tn = np.zeros((T, LANES), np.float32)
-        cost = np.empty(T * LANES, np.float32)
-        prev = np.empty(T * LANES, np.float32)
-        cur = np.empty(T * LANES, np.float32)
+        buf = np.zeros((3 * T + 1, LANES), np.float32)
         res = np.empty(LANES, np.float32)
         for c0 in range(0, C, LANES):
             n = min(LANES, C - c0)
             for lane in range(n):
-                _put_lane(x, xn, cols[r, c0 + lane], lane, ty, tn)
-            dtw_tile(x[i], xn[i], ty, tn, _INF, cost, prev, cur, res)
+                put_lane(ty, lane, x[cols[r, c0 + lane]])
+            dtw_tile(x[rows[r]], ty, _INF, buf, res)
             for lane in range(n):
                 out[r, c0 + lane] = res[lane]
 
@@ -267,13 +251,13 @@ def check_quantile(quantile: float) -> float:
     return q
 
 
-def sample_distances(x: np.ndarray, n_pairs: int, rng: np.random.Generator, xn=None) -> np.ndarray:
+def sample_distances(x: np.ndarray, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
     """(R, C) DTW distances of random pairs: R random rows, each against C random other samples.
 
     Rows of C columns keep the kernel's lanes full; i != j always. x: (N, T, D) float32, N >= 2.
     """
     N = len(x)
-    xn = squared_norms(x) if xn is None else xn
+    x = pad_dims(x)
     per_row = -(-n_pairs // N)  # columns needed when every row is used
     C = int(min(N - 1, max(8 * LANES, -(-per_row // LANES) * LANES)))
     R = int(max(1, min(N, n_pairs // C)))
@@ -281,7 +265,7 @@ def sample_distances(x: np.ndarray, n_pairs: int, rng: np.random.Generator, xn=N
     cols = rng.integers(0, N - 1, size=(R, C))
     cols += cols >= rows[:, None]  # skip the diagonal, uniform over the other N-1
     out = np.empty((R, C), np.float32)
-    _rows_vs_cols(x, xn, rows.astype(np.int64), cols.astype(np.int64), out)
+    _rows_vs_cols(x, rows.astype(np.int64), cols.astype(np.int64), out)
     return out
 
 
@@ -327,8 +311,8 @@ class _Grow:
         self.n = need
 
 
-def _collect(x, xn, thr: float, expected: int, progress: bool, desc: str) -> _Grow:
-    """Every pair i < j with dtw <= thr, in (i, j) order."""
+def _collect(x, thr: float, expected: int, progress: bool, desc: str) -> _Grow:
+    """Every pair i < j with dtw <= thr, in (i, j) order. x: (N, T, D4)."""
     N = len(x)
     rows_per_block = int(min(max(LANES, BLOCK_ELEMENTS // max(N, 1)), max(N - 1, 1)))
     out = np.empty((rows_per_block, N), np.float32)
@@ -340,7 +324,7 @@ def _collect(x, xn, thr: float, expected: int, progress: bool, desc: str) -> _Gr
     thr32 = np.float32(thr)
     for row0 in range(0, N - 1, rows_per_block):
         R = min(rows_per_block, N - 1 - row0)
-        _candidate_rows(x, xn, row0, thr32, out[:R])
+        _candidate_rows(x, row0, thr32, out[:R])
         r, j = np.nonzero(out[:R] <= thr32)  # row-major: (i, j) order
         found.extend(r + row0, j, out[:R][r, j])
         if bar is not None:
@@ -369,7 +353,7 @@ def dtw_positives(x, quantile: float = 0.025, *, device: str = "cpu", sample_pai
     use_cuda = str(device).startswith("cuda")
     if not use_cuda and device != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda[:n]', got {device!r}.")
-    xn = squared_norms(xs)
+    x4 = pad_dims(xs)
     rng = np.random.default_rng(seed)
     sample = None
     if initial_threshold is not None:
@@ -377,7 +361,7 @@ def dtw_positives(x, quantile: float = 0.025, *, device: str = "cpu", sample_pai
     elif P <= sample_pairs:
         thr = float("inf")
     else:
-        sample = sample_distances(xs, sample_pairs, rng, xn)
+        sample = sample_distances(xs, sample_pairs, rng)
         thr = _threshold_from_sample(sample, k / P)
     passes, inflate = 0, 1.0
     while True:
@@ -389,14 +373,14 @@ def dtw_positives(x, quantile: float = 0.025, *, device: str = "cpu", sample_pai
             found = _Grow(len(d))
             found.extend(i, j, d)
         else:
-            found = _collect(xs, xn, thr, min(expected, P), progress, f"dtw pass {passes}")
+            found = _collect(x4, thr, min(expected, P), progress, f"dtw pass {passes}")
         if found.n >= k:
             break
         # The threshold was too tight: loosen it and redo the pass (all pairs, for simplicity).
         assert math.isfinite(thr), "an infinite threshold keeps every pair"
         inflate *= 2.0
         if sample is None:
-            sample = sample_distances(xs, sample_pairs, rng, xn)
+            sample = sample_distances(xs, sample_pairs, rng)
         thr = max(_threshold_from_sample(sample, k / P, inflate), 2.0 * max(thr, 0.0) + 1e-12)
         del found
     # Stable sort by distance keeps the (i, j) order of the pass among equal distances: rank by (d, i, j).
