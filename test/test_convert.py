@@ -451,3 +451,34 @@ def test_header_stamps_on_another_clock_are_refused(tmp_path):
         convert_bags([tmp_path / "bag"], parse_mapping(_mapping(max_age_s=0.2)), tmp_path / "ds")
     convert_bags([tmp_path / "bag"], parse_mapping(_mapping(max_age_s=0.2, time="receive")), tmp_path / "ds")
     assert EpisodeStore.open(tmp_path / "ds").n_frames == 10
+
+
+def test_real_arm_example_mapping_converts_a_matching_bag(tmp_path):
+    import cv2
+    from class_ros.data.bags.mapping import load_mapping
+    joints = ["joint_1", "joint_2", "joint_3", "joint_4", "joint_5", "joint_6", "gripper_joint"]
+    msgs = []
+    for k in range(12):  # 15 Hz for 0.8 s, pedal pressed at 0.1 s
+        t = T0 + round(k * 1e9 / 15)
+        px = np.zeros((480, 640, 3), np.uint8)
+        px[:, 80:560] = 200  # the crop keeps exactly this square
+        msgs.append(("/camera/camera/color/image_raw", "sensor_msgs/msg/Image", t, image(t, px)))
+        ok, jpg = cv2.imencode(".jpg", np.full((120, 160, 3), 90, np.uint8))
+        msgs.append(("/wrist_camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage", t,
+                     TS.types["sensor_msgs/msg/CompressedImage"](header=image(t, px[:1, :1]).header,
+                                                                 format="jpeg", data=np.frombuffer(jpg, np.uint8))))
+        order = sorted(joints)
+        msgs.append(("/joint_states", JS, t, joint_state(t, order, [joints.index(n) for n in order])))
+        msgs.append(("/leader/joint_states", JS, t, joint_state(t, order, [10 + joints.index(n) for n in order])))
+    msgs.append(("/episode", "std_msgs/msg/Bool", T0 + 100 * MS, TS.types["std_msgs/msg/Bool"](data=True)))
+    write_bag(tmp_path / "bag", msgs, "mcap")
+    mapping = load_mapping(Path(__file__).resolve().parents[1] / "config/mappings/real_arm_example.yaml")
+    convert_bags([tmp_path / "bag"], mapping, tmp_path / "ds")
+    ep = EpisodeStore.open(tmp_path / "ds").episode(0)
+    # 15 Hz frames from the first image after the pedal (k=2) to the last (k=11); stamps rounded to whole
+    # nanoseconds still meet the grid, so no frame takes the previous image.
+    assert len(ep["action"]) == 10
+    assert (ep["obs/agentview"] == 200).all() and ep["obs/agentview"].shape[1:] == (96, 96, 3)
+    assert np.abs(ep["obs/wrist"].astype(int) - 90).max() <= 2
+    np.testing.assert_array_equal(ep["obs/joint_pos"][0], np.arange(7))
+    np.testing.assert_array_equal(ep["action"][0], 10 + np.arange(7))

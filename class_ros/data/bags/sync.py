@@ -5,6 +5,9 @@ later one). A key made of several channels (a JointState key: one channel per jo
 gripper may come from different publishers) is as old as its oldest channel. A frame is dropped when
 any key has no message yet (`missing:<key>`) or its sample is older than the key's `max_age_s`
 (`stale:<key>`).
+
+"At or before t" allows `SAME_TIME_NS` (1 us) of rounding: a 15 Hz stream stamped in whole nanoseconds
+and a 15 Hz frame grid can disagree by a nanosecond, and a frame must not then take the previous image.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NS = 1_000_000_000
+SAME_TIME_NS = 1_000  # stamps this close are the same instant (rounding), not a future message
 
 
 @dataclass
@@ -46,11 +50,11 @@ def sample(tracks: list[Track], t: np.ndarray, max_age_s: float) -> Sampled:
     age_ns = np.zeros(T, np.int64)
     parts = []
     for track in tracks:
-        idx = np.searchsorted(track.times, t, side="right") - 1  # latest message at or before t
+        idx = np.searchsorted(track.times, t + SAME_TIME_NS, side="right") - 1  # latest at or before t
         none = idx < 0
         idx = np.maximum(idx, 0)
         missing |= none
-        age_ns = np.maximum(age_ns, np.where(none, 0, t - track.times[idx]))
+        age_ns = np.maximum(age_ns, np.where(none, 0, np.maximum(t - track.times[idx], 0)))
         vals = track.values[idx]
         parts.append(vals if vals.ndim > 1 else vals[:, None])
     values = np.concatenate(parts, axis=1)
