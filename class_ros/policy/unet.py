@@ -45,7 +45,7 @@ class UNetConfig:
     @classmethod
     def cpu(cls) -> "UNetConfig":
         """A model small enough to train in minutes on 2 CPU cores."""
-        return cls(down_dims=[64, 128, 256], kernel_size=5, n_groups=8, step_embed_dim=64)
+        return cls(down_dims=[48, 96, 192], kernel_size=5, n_groups=8, step_embed_dim=64)
 
     def to_dict(self) -> dict:
         return asdict(self)

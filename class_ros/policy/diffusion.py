@@ -1,0 +1,254 @@
+"""Diffusion Policy (METHOD.md section 4): an observation encoder conditions a 1D U-Net that denoises an
+action chunk, trained with diffusers' DDPM noise schedule and sampled with DDPM or DDIM.
+
+A diffusion run directory (class_ros.data.rundir.RunDir, kind "diffusion") holds:
+    config.yaml          the fine-tuning config: `encoder:` (EncoderConfig), `diffusion:` (DiffusionConfig), training
+    normalizer.json      action and proprio min-max normalisers
+    policy.safetensors   "ema/..." and "raw/..." weights of the whole policy (encoder + U-Net)
+    scheduler.json       the diffusers noise-scheduler config the policy was trained with
+
+Usage:
+    policy = DiffusionPolicy.load("runs/dp", device="cpu")            # or class_ros.policy.load_policy
+    policy.reset()
+    chunk = policy.predict_action_chunk({"agentview": img, "joint_pos": q})   # (H, D) np.float32
+    policy.set_sampler("ddim", 4)                                      # fewer denoising steps
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from class_ros.encoder.config import EncoderConfig
+from class_ros.encoder.model import ObservationEncoder
+from class_ros.errors import ClassRosError
+from class_ros.policy.unet import ConditionalUnet1D, UNetConfig
+
+WEIGHTS = "policy"  # policy.safetensors
+SCHEDULER_FILE = "scheduler.json"
+SAMPLERS = ("ddpm", "ddim")
+PREDICTION_TYPES = ("epsilon", "sample")
+ACTION = "action"
+
+
+@dataclass
+class DiffusionConfig:
+    """The denoiser and its noise schedule; defaults are METHOD.md's (16-step chunks, 16 DDPM steps)."""
+
+    horizon: int = 16  # action chunk length H predicted per observation
+    n_action_steps: int = 8  # steps of each chunk executed before the next prediction
+    num_train_timesteps: int = 16
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"  # the U-Net predicts the noise ("sample": the clean chunk)
+    clip_sample: bool = True  # clip the predicted clean chunk to the normalised range [-1, 1]
+    sampler: str = "ddpm"  # inference: "ddpm" or "ddim"
+    num_inference_steps: int = 16  # DDIM may use fewer than num_train_timesteps
+    unet: UNetConfig = field(default_factory=UNetConfig)
+
+    def __post_init__(self):
+        if isinstance(self.unet, dict):
+            self.unet = UNetConfig(**self.unet)
+        if self.horizon < 1 or not 1 <= self.n_action_steps <= self.horizon:
+            raise ClassRosError(f"diffusion needs horizon >= 1 and 1 <= n_action_steps <= horizon; got horizon="
+                                f"{self.horizon}, n_action_steps={self.n_action_steps}.")
+        if self.horizon % self.unet.horizon_multiple:
+            raise ClassRosError(f"diffusion horizon {self.horizon} must be a multiple of "
+                                f"{self.unet.horizon_multiple} for a U-Net with {len(self.unet.down_dims)} levels; "
+                                "change horizon or unet.down_dims.")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ClassRosError(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}.")
+        check_sampler(self.sampler, self.num_inference_steps, self.num_train_timesteps)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffusionConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ClassRosError(f"unknown diffusion config keys {sorted(unknown)}; valid keys are {sorted(names)}.")
+        return cls(**d)
+
+
+def check_sampler(sampler: str, steps: int, train_steps: int) -> None:
+    """Refuse an unknown sampler or a step count outside 1..train_steps."""
+    if sampler not in SAMPLERS:
+        raise ClassRosError(f"sampler {sampler!r} is not one of {SAMPLERS}.")
+    if train_steps < 1 or not 1 <= steps <= train_steps:
+        raise ClassRosError(f"num_inference_steps must be between 1 and num_train_timesteps ({train_steps}), "
+                            f"got {steps}.")
+
+
+def make_noise_scheduler(cfg: DiffusionConfig):
+    """The diffusers DDPMScheduler that adds training noise (and defines the schedule samplers follow)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                         clip_sample=cfg.clip_sample, prediction_type=cfg.prediction_type)
+
+
+def make_sampler(noise_scheduler, kind: str):
+    """A DDPM or DDIM scheduler sharing the training scheduler's noise schedule."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    return (DDPMScheduler if kind == "ddpm" else DDIMScheduler).from_config(noise_scheduler.config)
+
+
+class DiffusionPolicy(nn.Module):
+    """Observation encoder + conditional U-Net; `forward(batch)` is the training loss (so DDP can wrap it)."""
+
+    def __init__(self, encoder_config: EncoderConfig, config: DiffusionConfig, action_normalizer,
+                 info: dict, noise_scheduler=None):
+        super().__init__()
+        self.config = config
+        self.encoder = ObservationEncoder(encoder_config)
+        action_dim = action_normalizer.dim
+        self.unet = ConditionalUnet1D(action_dim, self.encoder.out_dim, config.unet)
+        self.action_normalizer = action_normalizer
+        self.noise_scheduler = noise_scheduler or make_noise_scheduler(config)
+        self.action_names = list(info.get("action_names") or [f"a{i}" for i in range(action_dim)])
+        self.action_kind = info.get("action_kind", "other")
+        self.joint_names = list(info.get("joint_names") or [])
+        self.control_rate_hz = float(info.get("control_rate_hz", 10.0))
+        self.n_action_steps = config.n_action_steps
+        self.seed = 0
+        self.set_sampler(config.sampler, config.num_inference_steps)
+        self.reset()
+
+    # ---------------------------------------------------------------- inference
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def set_sampler(self, kind: str, num_inference_steps: int) -> None:
+        """Sample with "ddpm" or "ddim" in this many denoising steps."""
+        check_sampler(kind, num_inference_steps, self.noise_scheduler.config.num_train_timesteps)
+        self.sampler = make_sampler(self.noise_scheduler, kind)
+        self.sampler_kind, self.num_inference_steps = kind, int(num_inference_steps)
+
+    def reset(self) -> None:
+        """Start a new episode: the sampling noise restarts from the policy's seed (reproducible rollouts)."""
+        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
+
+    @torch.no_grad()
+    def sample_normalized(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, F) observation features -> (B, H, D) action chunks in the normalised [-1, 1] space."""
+        B = cond.shape[0]  # batch
+        x = torch.randn((B, self.config.horizon, self.action_normalizer.dim), generator=generator,
+                        device=cond.device, dtype=cond.dtype)
+        self.sampler.set_timesteps(self.num_inference_steps, device=cond.device)
+        for t in self.sampler.timesteps:
+            out = self.unet(x, t, cond)
+            x = self.sampler.step(out, t, x, generator=generator).prev_sample
+        return x
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: dict) -> np.ndarray:
+        """One observation {camera: (H, W, 3) uint8, proprio: (d,)} -> (H, D) unnormalised np.float32 chunk."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch = self._to_batch(obs)
+            if self._generator.device != self.device:  # moved with .to() since the last reset
+                self.reset()
+            cond = self.encoder(batch)  # (1, F)
+            chunk = self.sample_normalized(cond, self._generator)[0]  # (H, D)
+        finally:
+            self.train(was_training)
+        out = self.action_normalizer.unnormalize(chunk.double().cpu().numpy())
+        return np.asarray(out, dtype=np.float32)
+
+    def _to_batch(self, obs: dict) -> dict[str, torch.Tensor]:
+        """Observation dict without batch axis -> tensors with a batch axis of 1 on the policy's device."""
+        cfg = self.encoder.config
+        batch = {}
+        for cam in cfg.image_keys:
+            if cam not in obs:
+                raise ClassRosError(f"the observation has no camera {cam!r}; it has {sorted(obs)}.")
+            img = np.asarray(obs[cam])
+            if img.dtype != np.uint8 or img.ndim != 3:
+                raise ClassRosError(f"camera {cam!r} must be an (H, W, 3) uint8 image, got {img.dtype} {img.shape}.")
+            batch[cam] = torch.from_numpy(np.ascontiguousarray(img))[None].to(self.device)
+        for name, dim in zip(cfg.proprio_keys, cfg.proprio_dims):
+            if name not in obs:
+                raise ClassRosError(f"the observation has no {name!r}; it has {sorted(obs)}.")
+            q = np.asarray(obs[name], dtype=np.float32).reshape(-1)
+            if q.shape != (dim,) or not np.isfinite(q).all():
+                raise ClassRosError(f"observation {name!r} must be {dim} finite numbers, got {q.shape} {q}.")
+            batch[name] = torch.from_numpy(q)[None].to(self.device)
+        return batch
+
+    # ---------------------------------------------------------------- training
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Denoising MSE of a batch {camera: (B, H, W, 3) uint8, proprio: (B, d), "action": (B, H, D) robot units}."""
+        actions = batch[ACTION]
+        B, H, D = actions.shape  # batch, chunk length, action dims
+        if H != self.config.horizon:
+            raise ClassRosError(f"training chunks have {H} steps but the policy predicts {self.config.horizon}.")
+        x0 = self.action_normalizer.normalize(actions.float())  # (B, H, D) in [-1, 1]
+        cond = self.encoder(batch)  # (B, F)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (B,), device=x0.device)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        pred = self.unet(noisy, t, cond)
+        target = noise if self.config.prediction_type == "epsilon" else x0
+        return F.mse_loss(pred.float(), target)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.compute_loss(batch)
+
+    def param_groups(self, lr: float, vision_lr: float) -> list[dict]:
+        """Optimizer groups: the image backbones at `vision_lr`, everything else at `lr`."""
+        vision = list(self.encoder.backbones.parameters())
+        ids = {id(p) for p in vision}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": vision, "lr": vision_lr, "name": "vision"}, {"params": rest, "lr": lr, "name": "rest"}]
+
+    # ---------------------------------------------------------------- run directory
+    @classmethod
+    def from_run_config(cls, run, config: dict | None = None) -> "DiffusionPolicy":
+        """An untrained policy shaped as a diffusion run's config, normalisers and scheduler say."""
+        from diffusers import DDPMScheduler
+
+        cfg = config if config is not None else run.load_config()
+        if "encoder" not in cfg or "diffusion" not in cfg:
+            raise ClassRosError(f"{run.path} config.yaml has no encoder/diffusion sections; is it a diffusion run?")
+        norms = run.load_normalizers()
+        if ACTION not in norms:
+            raise ClassRosError(f"{run.path} has no action normaliser; the run is damaged.")
+        scheduler = None
+        if (run.path / SCHEDULER_FILE).is_file():
+            scheduler = DDPMScheduler.from_config(json.loads(run.read_checked(run.path / SCHEDULER_FILE)))
+        return cls(EncoderConfig.from_dict(cfg["encoder"]), DiffusionConfig.from_dict(cfg["diffusion"]),
+                   norms[ACTION], run.meta, scheduler)
+
+    def save_scheduler(self, run) -> None:
+        """Write scheduler.json (the diffusers config of the training noise schedule) into the run."""
+        from class_ros.data.rundir import atomic_write_text
+
+        path = run.path / SCHEDULER_FILE
+        atomic_write_text(path, self.noise_scheduler.to_json_string())
+        run.record_file(path)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, device: str = "cpu") -> "DiffusionPolicy":
+        """The trained policy (EMA weights) of a diffusion run, ready for predict_action_chunk."""
+        from class_ros.data.rundir import RunDir
+
+        run = RunDir.open(run_dir, kind="diffusion")
+        if not run.has_weights(WEIGHTS):
+            raise ClassRosError(f"{run_dir} has no {WEIGHTS}.safetensors yet; train it with `class-ros finetune`.")
+        policy = cls.from_run_config(run)
+        groups = run.load_weights(WEIGHTS)
+        try:
+            policy.load_state_dict(groups["ema"])
+        except (KeyError, RuntimeError) as err:
+            raise ClassRosError(f"{run_dir} weights do not fit its config ({str(err).splitlines()[0]}); "
+                                "the run is damaged or from another version.") from err
+        policy.to(device).eval()
+        policy.reset()
+        return policy
