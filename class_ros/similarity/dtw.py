@@ -25,9 +25,12 @@ Usage:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, parallel_chunksize, prange
 
 LANES = 32  # pairs computed side by side: two AVX-512 registers of float32
+# Rows per parallel work item: small items are shared out dynamically, so a core slowed by other
+# processes does not leave the other one idle at the end.
+PARALLEL_CHUNK = 4
 MAX_ABS = 1e15  # beyond this float32 squared distances can overflow
 _ZERO = np.float32(0.0)
 _INF = np.float32(np.inf)
@@ -239,5 +242,6 @@ def pairwise_dtw(x, y=None, *, device: str = "cpu") -> np.ndarray:
     if out.size == 0:
         return out
     x4 = pad_dims(xs)
-    _pairwise_cpu(x4, to_lanes(x4 if y is None else pad_dims(ys)), out, y is None)
+    with parallel_chunksize(PARALLEL_CHUNK):
+        _pairwise_cpu(x4, to_lanes(x4 if y is None else pad_dims(ys)), out, y is None)
     return out

@@ -9,10 +9,11 @@ k-th distance but later in that order is left out.
 How it stays exact while pruning almost every pair:
   1. a threshold is estimated from a random sample of pairs, a little above the quantile so that,
      with high confidence, at least k pairs fall below it;
-  2. rows are processed in blocks (memory O(block * N) plus the kept pairs); a pair is skipped when
-     the corner lower bound |A_0 - B_0|^2 + |A_T-1 - B_T-1|^2 exceeds the threshold, and a tile of
-     LANES pairs is abandoned once every DP row minimum exceeds it (both bounds hold bit-for-bit in
-     float32 because they use the kernel's own arithmetic and costs are non-negative);
+  2. rows are processed in blocks (memory O(block * N) plus the kept pairs); each row meets the
+     others as lane-major tiles of LANES sequences; a tile is skipped when the corner lower bound
+     |A_0 - B_0|^2 + |A_T-1 - B_T-1|^2 exceeds the threshold in every lane, and abandoned once every
+     lane's DP row minimum exceeds it (both bounds hold bit-for-bit in float32 because they use the
+     kernel's own arithmetic and the costs are non-negative);
   3. if fewer than k pairs came in under the threshold, it was too tight: loosen it and recompute
      (rare; `Positives.passes` records how many passes ran). Otherwise every pair that can be among
      the k smallest was kept, and sorting them by (distance, i, j) gives the exact answer.
@@ -31,10 +32,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, parallel_chunksize, prange
 
 from class_ros.errors import ClassRosError
-from class_ros.similarity.dtw import LANES, _INF, check_sequences, dtw_tile, local_cost, pad_dims, put_lane
+from class_ros.similarity.dtw import (LANES, PARALLEL_CHUNK, _INF, check_sequences, dtw_tile, local_cost, pad_dims, put_lane,
+                                      to_lanes)
 
 FORMAT = "class_ros.positives.v1"
 BLOCK_ELEMENTS = 1 << 23  # rows per block * N: a 32 MB float32 scratch of candidate distances
@@ -147,46 +149,43 @@ def _batch_weights(indptr, indices, weight, idx):
 
 
 # ---------------------------------------------------------------- kernels
-@njit(cache=True, inline="always")
-def _corner_bound(x, i, j):
-    """Lower bound of dtw(i, j): every warping path starts at (0, 0) and ends at (T-1, T-1)."""
-    T = x.shape[1]
-    lb = local_cost(x[i, 0], x[j, 0])
-    if T > 1:
-        lb = lb + local_cost(x[i, T - 1], x[j, T - 1])
-    return lb
+@njit(cache=True)
+def _tile_bound(xi, ty):
+    """Smallest corner lower bound over a tile's lanes: every warping path starts at (0, 0) and ends
+    at (T-1, T-1), so dtw >= cost(0, 0) + cost(T-1, T-1), summed exactly as the kernel sums."""
+    T = xi.shape[0]
+    lowest = _INF
+    for lane in range(LANES):
+        lb = local_cost(xi[0], ty[:, 0, lane])
+        if T > 1:
+            lb = lb + local_cost(xi[T - 1], ty[:, T - 1, lane])
+        lowest = min(lowest, lb)
+    return lowest
 
 
 @njit(cache=True, parallel=True)
-def _candidate_rows(x, row0, thr, out):
-    """out[r, j] = dtw(row0 + r, j) for j > row0 + r when it is <= thr, else inf. x: (N, T, D4), out: (R, N)."""
+def _candidate_rows(x, ty, row0, thr, out):
+    """out[r, j] = dtw(i, j), i = row0 + r, for j > i when it is <= thr, else inf.
+
+    x: (N, T, D4); ty: the same sequences as lane-major tiles (to_lanes); out: (R, N) float32.
+    A tile is skipped when none of its lanes can come under thr by the corner bound, and abandoned
+    inside the kernel once all its DP row minima exceed thr.
+    """
     N, T, D = x.shape
     for r in prange(out.shape[0]):
         i = row0 + np.int64(r)
-        ty = np.zeros((D, T, LANES), np.float32)
         buf = np.zeros((3 * T + 1, LANES), np.float32)
-        lane_j = np.empty(LANES, np.int64)
         res = np.empty(LANES, np.float32)
         orow = out[r]
         orow[:] = _INF
-        fill = 0
-        for j in range(i + 1, N):
-            if _corner_bound(x, i, j) > thr:
+        for b in range((i + 1) // LANES, ty.shape[0]):
+            if thr < _INF and _tile_bound(x[i], ty[b]) > thr:
                 continue
-            put_lane(ty, fill, x[j])
-            lane_j[fill] = j
-            fill += 1
-            if fill == LANES:
-                dtw_tile(x[i], ty, thr, buf, res)
-                for lane in range(LANES):
-                    if res[lane] <= thr:
-                        orow[lane_j[lane]] = res[lane]
-                fill = 0
-        if fill > 0:  # lanes past `fill` hold stale sequences: computed, then ignored
-            dtw_tile(x[i], ty, thr, buf, res)
-            for lane in range(fill):
-                if res[lane] <= thr:
-                    orow[lane_j[lane]] = res[lane]
+            dtw_tile(x[i], ty[b], thr, buf, res)
+            for lane in range(LANES):
+                j = b * LANES + lane
+                if i < j < N and res[lane] <= thr:
+                    orow[j] = res[lane]
 
 
 @njit(cache=True, parallel=True)
@@ -265,7 +264,8 @@ def sample_distances(x: np.ndarray, n_pairs: int, rng: np.random.Generator) -> n
     cols = rng.integers(0, N - 1, size=(R, C))
     cols += cols >= rows[:, None]  # skip the diagonal, uniform over the other N-1
     out = np.empty((R, C), np.float32)
-    _rows_vs_cols(x, rows.astype(np.int64), cols.astype(np.int64), out)
+    with parallel_chunksize(PARALLEL_CHUNK):
+        _rows_vs_cols(x, rows.astype(np.int64), cols.astype(np.int64), out)
     return out
 
 
@@ -316,6 +316,7 @@ def _collect(x, thr: float, expected: int, progress: bool, desc: str) -> _Grow:
     N = len(x)
     rows_per_block = int(min(max(LANES, BLOCK_ELEMENTS // max(N, 1)), max(N - 1, 1)))
     out = np.empty((rows_per_block, N), np.float32)
+    ty = to_lanes(x)  # (tiles, D4, T, LANES): every sequence once more, lane-major
     found = _Grow(expected)
     bar = None
     if progress:
@@ -324,7 +325,8 @@ def _collect(x, thr: float, expected: int, progress: bool, desc: str) -> _Grow:
     thr32 = np.float32(thr)
     for row0 in range(0, N - 1, rows_per_block):
         R = min(rows_per_block, N - 1 - row0)
-        _candidate_rows(x, row0, thr32, out[:R])
+        with parallel_chunksize(PARALLEL_CHUNK):
+            _candidate_rows(x, ty, row0, thr32, out[:R])
         r, j = np.nonzero(out[:R] <= thr32)  # row-major: (i, j) order
         found.extend(r + row0, j, out[:R][r, j])
         if bar is not None:
