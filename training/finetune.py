@@ -1,0 +1,327 @@
+"""Train a Diffusion Policy, with the observation encoder initialised from a CLASS run or from scratch.
+
+Usage:
+    class-ros finetune --dataset data/sim --init runs/class --out runs/dp_class      # CLASS EMA encoder
+    class-ros finetune --dataset data/sim --init none --out runs/dp_scratch          # random encoder
+    class-ros finetune ... --config training/configs/finetune_gpu.yaml              # METHOD.md sizes
+    class-ros finetune ... --resume                                                  # continue --out
+    torchrun --nproc_per_node 4 -m training.finetune --dataset ... --init ... --out ...   # DDP
+
+With --init RUN the encoder architecture and its EMA weights come from the CLASS run (its `encoder:`
+config replaces this config's); the image backbones then train at `vision_lr`, the rest at `lr`. From
+scratch the backbones train at `scratch_vision_lr`, for `scratch_epochs` when steps is 0. Each step
+draws B uniformly random frames per process: the observation at the frame and the action chunk after
+it. The run directory (kind "diffusion") gets config.yaml, normalizer.json, policy.safetensors (EMA
+and raw), scheduler.json, train_state/ and TensorBoard scalars under tb/.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from class_ros.encoder.config import EncoderConfig
+from class_ros.errors import ClassRosError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _diffusion_config(d=None):
+    from class_ros.policy.diffusion import DiffusionConfig
+    if isinstance(d, DiffusionConfig):
+        return d
+    return DiffusionConfig.from_dict(d or {})
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning settings; YAML files in training/configs/finetune*.yaml hold these keys."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # used with --init none only
+    diffusion: dict | object = field(default_factory=dict)  # DiffusionConfig (a mapping in YAML)
+    init: str = "none"  # the CLASS run the encoder came from, or "none" (filled in by finetune())
+    batch_size: int = 64  # per process
+    steps: int = 0  # optimisation steps; 0 = derived from epochs / scratch_epochs
+    epochs: float = 100.0  # passes over the dataset when initialised from a CLASS run
+    scratch_epochs: float = 500.0  # passes over the dataset when trained from scratch
+    lr: float = 1e-4  # U-Net (and everything that is not an image backbone)
+    vision_lr: float = 1e-5  # image backbones initialised from a CLASS run
+    scratch_vision_lr: float = 1e-4  # image backbones trained from scratch
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    ema_power: float = 0.75
+    seed: int = 0
+    amp: bool = True  # bfloat16 autocast, CUDA only
+    save_every: int = 1000  # steps between checkpoints (one is always written at the end)
+
+    def __post_init__(self):
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig.from_dict(self.encoder)
+        self.diffusion = _diffusion_config(self.diffusion)
+        if self.batch_size < 1 or self.save_every < 1 or self.steps < 0 or self.warmup_steps < 0:
+            raise ClassRosError(f"finetune needs batch_size, save_every >= 1 and steps, warmup_steps >= 0; got "
+                                f"batch_size={self.batch_size} save_every={self.save_every} steps={self.steps} "
+                                f"warmup_steps={self.warmup_steps}.")
+        if self.epochs <= 0 or self.scratch_epochs <= 0:
+            raise ClassRosError(f"finetune epochs must be positive, got {self.epochs} and {self.scratch_epochs}.")
+        if min(self.lr, self.vision_lr, self.scratch_vision_lr) < 0 or self.weight_decay < 0:
+            raise ClassRosError("finetune learning rates and weight_decay must be >= 0.")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinetuneConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ClassRosError(f"unknown finetune config keys {sorted(unknown)}; valid keys are {sorted(names)}.")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "FinetuneConfig":
+        try:
+            d = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ClassRosError(f"cannot read config {path} ({err}).") from err
+        if not isinstance(d, dict):
+            raise ClassRosError(f"config {path} must hold a mapping of finetune settings.")
+        return cls.from_dict(d)
+
+    @classmethod
+    def coerce(cls, config) -> "FinetuneConfig":
+        """A FinetuneConfig from itself, a dict, a YAML path, or None (the preset for this machine)."""
+        if config is None:
+            config = default_config_path()
+        if isinstance(config, cls):
+            return dataclasses.replace(config)
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        return cls.from_yaml(config)
+
+
+def default_config_path() -> Path:
+    """The GPU preset on a CUDA machine, else the CPU preset."""
+    import torch
+    return CONFIG_DIR / ("finetune_gpu.yaml" if torch.cuda.is_available() else "finetune_cpu.yaml")
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def _is_none(init) -> bool:
+    return init is None or str(init).lower() == "none"
+
+
+def resolve_config(cfg: FinetuneConfig, store, init) -> tuple[FinetuneConfig, dict | None]:
+    """The config this run trains with, and the CLASS run's EMA encoder weights (None from scratch).
+
+    With a CLASS run the encoder config is the run's own, and the dataset must hold its cameras and
+    proprio keys with the same shapes.
+    """
+    from class_ros.data.rundir import RunDir
+    from class_ros.data.schema import obs_key
+
+    if _is_none(init):
+        return dataclasses.replace(cfg, encoder=cfg.encoder.for_dataset(store.meta), init="none"), None
+    src = RunDir.open(init, kind="encoder")
+    if not src.has_weights("encoder"):
+        raise ClassRosError(f"{init} has no encoder weights yet; finish `class-ros pretrain` first.")
+    enc = EncoderConfig.from_dict(src.load_config()["encoder"])
+    need = {c: (*enc.image_size, 3) for c in enc.image_keys}
+    need.update({p: (d,) for p, d in zip(enc.proprio_keys, enc.proprio_dims)})
+    for name, shape in need.items():
+        have = store.meta.keys.get(obs_key(name))
+        if have is None or tuple(have.shape) != shape:
+            raise ClassRosError(f"the CLASS run {init} encodes {name!r} of shape {shape} but the dataset has "
+                                f"{tuple(have.shape) if have else 'no such key'}; fine-tune on a matching dataset.")
+    weights = src.load_weights("encoder")["ema"]
+    return dataclasses.replace(cfg, encoder=enc, init=str(Path(init).resolve())), weights
+
+
+def training_steps(cfg: FinetuneConfig, n_frames: int, world: int) -> tuple[int, int]:
+    """(total steps, warm-up steps): warm-up capped at a tenth of the run so short runs still train."""
+    epochs = cfg.epochs if cfg.init != "none" else cfg.scratch_epochs
+    steps = cfg.steps or max(1, math.ceil(epochs * n_frames / (cfg.batch_size * world)))
+    return steps, min(cfg.warmup_steps, steps // 10)
+
+
+def read_batch(store, sampler, idx: np.ndarray, names: list[str], device) -> dict:
+    """{obs name: (B, ...) tensor, "action": (B, H, D)} for frame ids `idx` (obs horizon 1)."""
+    import torch
+
+    from class_ros.data.schema import ACTION, obs_key
+
+    data = sampler.sample(idx, obs_keys=[obs_key(n) for n in names])
+    batch = {n: torch.from_numpy(np.ascontiguousarray(data[obs_key(n)][:, -1])) for n in names}
+    batch[ACTION] = torch.from_numpy(np.asarray(data[ACTION], dtype=np.float32))
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------ the step
+def finetune(dataset, init, out, config=None, *, resume: bool = False, device: str | None = None,
+             progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train a Diffusion Policy on `dataset` into run directory `out`; `init` a CLASS run or None/"none".
+
+    Returns a summary dict. `stop_after`: checkpoint and return after this many steps of this call.
+    """
+    import torch
+    import torch.distributed as dist
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+
+    from class_ros.data.rundir import RunDir
+    from class_ros.data.sampler import WindowSampler
+    from class_ros.data.schema import obs_key
+    from class_ros.data.store import EpisodeStore
+    from class_ros.policy.diffusion import WEIGHTS, DiffusionPolicy
+    from training.pretrain import _dist_setup, ema_state_dict, fit_normalizers
+
+    rank, world, local_rank = _dist_setup()
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    on_cuda = str(device).startswith("cuda")
+
+    # Everything the user can get wrong is checked before the run directory is touched.
+    cfg = FinetuneConfig.coerce(config)
+    store = EpisodeStore.open(dataset)
+    if store.n_frames < 1:
+        raise ClassRosError(f"{dataset} holds no frames; record or convert demonstrations first.")
+    cfg, init_weights = resolve_config(cfg, store, init)
+    steps, warmup = training_steps(cfg, store.n_frames, world)
+    names = cfg.encoder.image_keys + cfg.encoder.proprio_keys
+    image_bytes = sum(int(np.prod(store.meta.keys[obs_key(c)].shape)) for c in cfg.encoder.image_keys)
+    if image_bytes * store.n_frames < 4 << 30:  # fits in memory: sample without disk reads
+        store.load([obs_key(n) for n in names] + ["action"])
+
+    if rank == 0:
+        if resume:
+            run = RunDir.open(out, "diffusion", store=store, config=cfg)
+            if not run.has_train_state():
+                raise ClassRosError(f"{out} has no train_state to resume from; start it without --resume.")
+        else:
+            run = RunDir.create(out, "diffusion", cfg, store, extra={"world_size": world, "init": cfg.init})
+            run.save_normalizers(fit_normalizers(store, cfg.encoder.proprio_keys))
+    if world > 1:
+        dist.barrier()
+        if rank != 0:
+            run = RunDir.open(out, "diffusion")
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    policy = DiffusionPolicy.from_run_config(run, yaml.safe_load(yaml.safe_dump(_config_dict(cfg))))
+    if init_weights is not None:
+        policy.encoder.load_state_dict(init_weights)  # CLASS EMA weights, its proprio normaliser included
+    else:
+        policy.encoder.set_proprio_normalizers(run.load_normalizers())
+    if rank == 0 and not resume:
+        policy.save_scheduler(run)
+    policy.to(device)
+    model = policy
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(policy, device_ids=[local_rank] if on_cuda else None)
+
+    vision_lr = cfg.vision_lr if init_weights is not None else cfg.scratch_vision_lr
+    optimizer = torch.optim.AdamW(policy.param_groups(cfg.lr, vision_lr), weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    ema = EMAModel(policy.parameters(), power=cfg.ema_power, use_ema_warmup=True)
+    start = 0
+    if resume:
+        policy.load_state_dict(run.load_weights(WEIGHTS, device=device)["raw"])
+        start = run.load_train_state(device=device, optimizer=optimizer, scheduler=scheduler, ema=ema)
+        ema.to(device)
+
+    writer = None
+    if rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(Path(out) / "tb"))
+        except ImportError:
+            writer = None  # tensorboard is optional; the summary still has the numbers
+
+    def save(step: int) -> None:
+        if rank == 0:
+            run.save_weights(WEIGHTS, {"ema": ema_state_dict(policy, ema), "raw": policy.state_dict()},
+                             metadata={"step": step})
+            run.save_train_state(step, optimizer=optimizer, scheduler=scheduler, ema=ema)
+
+    sampler = WindowSampler(store, obs_horizon=1, pred_horizon=cfg.diffusion.horizon)
+    losses = []
+    policy.train()
+    t0 = time.perf_counter()
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    bar = tqdm(range(start, end), desc="finetune", disable=not progress or rank != 0, initial=start, total=steps)
+    for step in bar:
+        # Seeds from (seed, rank, step): a resumed run draws the same batches and noise it would have drawn.
+        rng = np.random.default_rng([cfg.seed, rank, step])
+        torch.manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
+        idx = rng.integers(0, store.n_frames, size=cfg.batch_size)
+        batch = read_batch(store, sampler, idx, names, device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and cfg.amp):
+            loss = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        ema.step(policy.parameters())
+        losses.append(float(loss.detach()))
+        if writer is not None:
+            writer.add_scalar("loss", losses[-1], step)
+            writer.add_scalar("lr", scheduler.get_last_lr()[1], step)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if (step + 1) % cfg.save_every == 0 and step + 1 < end:
+            save(step + 1)
+    seconds = time.perf_counter() - t0
+    save(end)
+    if writer is not None:
+        writer.close()
+
+    done = len(losses)
+    tail = losses[-max(1, done // 10):] if losses else []
+    summary = {
+        "run": str(out), "init": cfg.init, "steps": steps, "steps_this_call": done, "world_size": world,
+        "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(tail)) if tail else None,
+        "steps_per_s": done / seconds if done and seconds > 0 else None, "seconds": seconds, "device": str(device),
+    }
+    if rank == 0:
+        run.update_meta(finetune_summary=summary)
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+def _config_dict(cfg: FinetuneConfig) -> dict:
+    from class_ros.data.rundir import config_to_dict
+    return config_to_dict(cfg)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset store (from convert / sim-demos)")
+    parser.add_argument("--init", required=True,
+                        help="CLASS run directory whose EMA encoder starts the policy, or 'none' to train from scratch")
+    parser.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
+    parser.add_argument("--config", default=None,
+                        help="YAML config (default: training/configs/finetune_gpu.yaml with CUDA, else finetune_cpu.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its train_state")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = finetune(args.dataset, args.init, args.out, args.config, resume=args.resume, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if summary["steps_this_call"]:
+            print(f"finetune: {summary['steps']} steps, loss {summary['loss_first']:.4f} -> "
+                  f"{summary['loss_last']:.4f}, {summary['steps_per_s']:.2f} steps/s")
+        print(f"finetune: wrote run {summary['run']}")
+    return 0
+
+
+if __name__ == "__main__":  # torchrun -m training.finetune ...
+    import sys
+
+    from class_ros.cli import main
+    sys.exit(main(["finetune", *sys.argv[1:]]))
