@@ -133,6 +133,15 @@ def test_missing_or_damaged_index_is_refused(tmp_path, run):
     (copy / "index" / "data.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(ClassRosError, match="truncated"):
         RetrievalPolicy.load(copy)
+    (copy / "index" / "data.npz").write_bytes(data)
+    RetrievalPolicy.load(copy)  # restored
+    from class_ros.data.rundir import RunDir
+    run = RunDir.open(copy)
+    weights = run.load_weights("encoder")
+    weights["raw"] = {k: v + 1 if v.is_floating_point() else v for k, v in weights["raw"].items()}
+    run.save_weights("encoder", weights)  # as if training went on after the index was built
+    with pytest.raises(ClassRosError, match="other encoder weights"):
+        RetrievalPolicy.load(copy)
     shutil.rmtree(copy / "index")
     with pytest.raises(ClassRosError, match="no retrieval index"):
         RetrievalPolicy.load(copy)

@@ -75,7 +75,8 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
     recall = 1.0 if kind == "flat" else recall_at_k(index, emb, cfg.k)
     info = {"config": dataclasses.asdict(cfg), "index_kind": kind, "n": int(len(emb)), "dim": int(emb.shape[1]),
             "horizon": int(chunks.shape[1]), f"recall_at_{cfg.k}": recall,
-            "dataset_fingerprint": store.fingerprint(), "dataset_path": str(store.path)}
+            "dataset_fingerprint": store.fingerprint(), "dataset_path": str(store.path),
+            "encoder_sha256": rd.meta["files"]["encoder.safetensors"]["sha256"]}
     folder = save_index(rd, index, chunks, frames, store.episode_of(frames), info)
     return {**info, "path": str(folder), "embed_s": embed_s, "build_s": build_s}
 

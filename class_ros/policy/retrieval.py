@@ -167,6 +167,9 @@ class RetrievalPolicy:
             raise ClassRosError(f"{run.path} has no retrieval index; build it with `class-ros index --run "
                                 f"{run.path} --dataset DATASET`.")
         info = json.loads(run.read_checked(folder / "index.json"))
+        if info.get("encoder_sha256") != run.meta["files"]["encoder.safetensors"]["sha256"]:
+            raise ClassRosError(f"{folder} was built with other encoder weights than the run now holds (was it "
+                                f"trained further?); rebuild it with `class-ros index --run {run.path}`.")
         config = RetrievalConfig.from_dict({**info["config"], **overrides})
         encoder = ObservationEncoder(EncoderConfig.from_dict(run.load_config()["encoder"]))
         encoder.load_state_dict(run.load_weights("encoder", device="cpu")["ema"])
