@@ -116,6 +116,7 @@ class DiffusionPolicy(nn.Module):
         self.control_rate_hz = float(info.get("control_rate_hz", 10.0))
         self.n_action_steps = config.n_action_steps
         self.seed = 0
+        self._graphs: dict | None = None  # CUDA graphs of the U-Net per input shape, when enabled
         self.set_sampler(config.sampler, config.num_inference_steps)
         self.reset()
 
@@ -134,6 +135,22 @@ class DiffusionPolicy(nn.Module):
         """Start a new episode: the sampling noise restarts from the policy's seed (reproducible rollouts)."""
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
 
+    def use_cuda_graph(self, enabled: bool = True) -> None:
+        """On CUDA, replay each denoising step's U-Net from a captured CUDA graph (cuts kernel-launch overhead).
+
+        A graph holds the weights' addresses: re-enable after moving the policy or replacing its tensors.
+        """
+        self._graphs = {} if enabled else None
+
+    def _denoiser(self, x: torch.Tensor, cond: torch.Tensor):
+        """The U-Net call used for sampling: eager, or a CUDA-graph replay for these shapes."""
+        if self._graphs is None or not x.is_cuda:
+            return self.unet
+        key = (tuple(x.shape), tuple(cond.shape), x.dtype, x.device)
+        if key not in self._graphs:
+            self._graphs[key] = _GraphedCall(self.unet, x, cond)
+        return self._graphs[key]
+
     @torch.no_grad()
     def sample_normalized(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, F) observation features -> (B, H, D) action chunks in the normalised [-1, 1] space."""
@@ -141,8 +158,9 @@ class DiffusionPolicy(nn.Module):
         x = torch.randn((B, self.config.horizon, self.action_normalizer.dim), generator=generator,
                         device=cond.device, dtype=cond.dtype)
         self.sampler.set_timesteps(self.num_inference_steps, device=cond.device)
+        denoise = self._denoiser(x, cond)
         for t in self.sampler.timesteps:
-            out = self.unet(x, t, cond)
+            out = denoise(x, t, cond)
             x = self.sampler.step(out, t, x, generator=generator).prev_sample
         return x
 
@@ -252,3 +270,27 @@ class DiffusionPolicy(nn.Module):
         policy.to(device).eval()
         policy.reset()
         return policy
+
+
+class _GraphedCall:
+    """unet(x, t, cond) captured once as a CUDA graph on static input buffers, then replayed."""
+
+    def __init__(self, unet: nn.Module, x: torch.Tensor, cond: torch.Tensor):
+        self.x, self.cond = x.clone(), cond.clone()
+        self.t = torch.zeros((), dtype=torch.int64, device=x.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():  # warm-up picks the kernels before capture
+            for _ in range(3):
+                unet(self.x, self.t, self.cond)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.out = unet(self.x, self.t, self.cond)
+
+    def __call__(self, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x)
+        self.t.copy_(torch.as_tensor(t))
+        self.cond.copy_(cond)
+        self.graph.replay()
+        return self.out.clone()  # the graph overwrites its output buffer on the next replay
