@@ -6,7 +6,8 @@ Usage:
     python benchmarks/retrieval.py --device cuda    # adds GPU faiss (if this faiss build has it) and torch matmul
 
 One query = one observation feature (batch 1, as the policy node sends them) -> the k = 64 nearest
-rows, then the policy's softmax(-d / tau) weighted mean of their (16, 7) action chunks. Peers in the
+rows, then the policy's softmax(-d / tau) weighted mean of their (16, 7) action chunks, with one
+OpenMP thread as RetrievalPolicy searches (the HNSW build uses all cores). Peers in the
 same run: faiss exact inner-product search (IndexFlatIP; the speed-up column is against it) and a
 numpy matmul + argpartition (the exact answer for recall). Without faiss (a bare GPU machine) only the
 numpy and torch rows run.
@@ -15,6 +16,7 @@ Target (issue 6): under 10 ms p99 at N = 100k with recall@64 >= 0.95 on CPU.
 Data: embeddings shaped like a demonstration set (episodes of 200 frames that drift smoothly through
 feature space, L2-normalised), because real observation features are strongly clustered along
 trajectories; queries are stored frames with small noise (a new observation near the demonstrations).
+`--data random` uses i.i.d. Gaussian directions instead: no structure, the worst case for HNSW recall.
 Results go to benchmarks/results/retrieval.json (or --out).
 """
 from __future__ import annotations
@@ -44,6 +46,12 @@ def demo_embeddings(n: int, dim: int, seed: int = 0, episode_len: int = 200) -> 
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def random_embeddings(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """(n, dim) unit rows in uniformly random directions."""
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def queries(emb: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     q = emb[rng.choice(len(emb), n, replace=False)] + rng.normal(scale=0.02, size=(n, emb.shape[1]))
@@ -52,10 +60,13 @@ def queries(emb: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
 
 def time_queries(search, qs: np.ndarray, chunks: np.ndarray, tau: float = 0.01) -> tuple[dict, np.ndarray]:
     """p50/p99 ms of search + weighted mean for one query at a time; returns (stats, ids (Q, K))."""
+    from class_ros.policy.retrieval import single_thread_search  # what the policy does around its search
+
     times, all_ids = [], []
     for q in qs:
         t0 = time.perf_counter()
-        sims, ids = search(q[None])
+        with single_thread_search():
+            sims, ids = search(q[None])
         d = 1.0 - sims[0].astype(np.float64)
         w = np.exp(-(d - d.min()) / tau)
         w /= w.sum()
@@ -70,8 +81,8 @@ def recall(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, want)]))
 
 
-def run_size(n: int, dim: int, n_queries: int, device: str) -> list[dict]:
-    emb = demo_embeddings(n, dim)
+def run_size(n: int, dim: int, n_queries: int, device: str, data: str = "demo") -> list[dict]:
+    emb = demo_embeddings(n, dim) if data == "demo" else random_embeddings(n, dim)
     chunks = np.random.default_rng(2).normal(size=(n, 16, 7)).astype(np.float32)
     qs = queries(emb, n_queries)
 
@@ -93,7 +104,7 @@ def run_size(n: int, dim: int, n_queries: int, device: str) -> list[dict]:
     if device.startswith("cuda"):
         rows.append(torch_row(emb, qs, chunks, exact_ids, device))
     for r in rows:
-        r.update(n=n, dim=dim, k=K, queries=n_queries)
+        r.update(n=n, dim=dim, k=K, queries=n_queries, data=data)
     return rows
 
 
@@ -147,14 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--data", choices=("demo", "random"), default="demo",
+                        help="demonstration-like clustered embeddings (default) or i.i.d. random directions")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "retrieval.json"))
     args = parser.parse_args(argv)
     sizes = [10_000] if args.quick else [10_000, 100_000]
     n_queries = 100 if args.quick else 500
-    print(f"retrieval: k={K}, E={args.dim}, batch-1 queries, device {args.device}")
+    print(f"retrieval: k={K}, E={args.dim}, {args.data} data, batch-1 queries, device {args.device}")
     rows = []
     for n in sizes:
-        size_rows = run_size(n, args.dim, n_queries, args.device)
+        size_rows = run_size(n, args.dim, n_queries, args.device, args.data)
         peer = next((r for r in size_rows if r["method"].startswith("faiss flat")), size_rows[0])["p99_ms"]
         print(f"N = {n}")
         for r in size_rows:

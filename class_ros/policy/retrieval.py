@@ -12,6 +12,7 @@ An index lives in a pre-training run's `index/` folder (built by `class-ros inde
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -111,6 +112,23 @@ def to_gpu_if_possible(index, device: str):
     return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 
 
+@contextlib.contextmanager
+def single_thread_search():
+    """One OpenMP thread inside: for one query at a time, faiss's thread start-up costs more than the search
+    (measured 10-30x slower p50 with 2 threads on a busy 2-core machine)."""
+    try:
+        import faiss
+    except ImportError:  # searches without faiss (torch on a GPU machine) have no OpenMP pool to limit
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def save_index(run, index, chunks: np.ndarray, frames: np.ndarray, episodes: np.ndarray, info: dict) -> Path:
     """Write index/ into the run directory (faiss format + npz + JSON, each atomic and checksummed)."""
     import faiss
@@ -207,7 +225,8 @@ class RetrievalPolicy:
         """(F,) feature (normalised here) -> (H, D) float32 action chunk; updates last_confidence."""
         q = normalize_rows(np.asarray(feature, dtype=np.float32).reshape(1, -1))
         k = min(self.config.k, len(self.chunks))
-        sims, ids = self.index.search(q, k)
+        with single_thread_search():
+            sims, ids = self.index.search(q, k)
         keep = ids[0] >= 0  # approximate indexes may return fewer than k
         ids, dist = ids[0][keep], 1.0 - sims[0][keep].astype(np.float64)
         logits = -dist / self.config.tau
