@@ -155,8 +155,21 @@ def ramp_chunk(start, n=8, slope=1.0):
     return (start + slope * np.arange(n, dtype=float))[:, None]
 
 
-def test_single_chunk_interpolates_and_expires():
+def test_single_chunk_holds_each_step_for_its_period():
     e = ChunkEnsembler(decay=0.0)
+    e.add(stamp=10.0, dt=0.1, points=ramp_chunk(0.0), now=10.0)
+    assert e.target(10.0)[0] == pytest.approx(0.0)
+    assert e.target(10.099)[0] == pytest.approx(0.0)
+    assert e.target(10.25)[0] == pytest.approx(2.0)
+    assert e.target(10.79)[0] == pytest.approx(7.0)  # the last step is held for its period too
+    assert e.target(10.81) is None
+    late = ChunkEnsembler()
+    assert late.add(stamp=10.0, dt=0.1, points=ramp_chunk(0.0), now=10.32) == 5 and late.dropped_steps == 3
+    assert late.target(10.32)[0] == pytest.approx(3.0)
+
+
+def test_single_chunk_interpolates_and_expires():
+    e = ChunkEnsembler(decay=0.0, interpolate=True)
     e.add(stamp=10.0, dt=0.1, points=ramp_chunk(0.0), now=10.0)
     assert e.target(10.0)[0] == pytest.approx(0.0)
     assert e.target(10.25)[0] == pytest.approx(2.5)
@@ -165,7 +178,7 @@ def test_single_chunk_interpolates_and_expires():
 
 
 def test_late_chunk_drops_steps_already_due():
-    e = ChunkEnsembler()
+    e = ChunkEnsembler(interpolate=True)
     kept = e.add(stamp=10.0, dt=0.1, points=ramp_chunk(0.0), now=10.32)
     assert kept == 4 and e.dropped_steps == 4  # steps 0..3 were due before 10.32
     # The first executed target is where the trajectory is now, not its (stale) first step.
@@ -189,7 +202,7 @@ def test_blending_removes_the_jump_at_a_chunk_boundary():
     e.add(0.5, 0.1, new, now=0.5)
     assert e.target(0.5)[0] < 0.01
     # After the old chunk ends, only the new one is left.
-    assert e.target(0.95)[0] == pytest.approx(1.0)
+    assert e.target(1.05)[0] == pytest.approx(1.0)
 
 
 def test_ensembler_keeps_at_most_max_chunks_and_refuses_bad_settings():

@@ -46,7 +46,7 @@ class JointLimits:
     max_velocity: np.ndarray  # (n,) units/s
     max_acceleration: np.ndarray  # (n,) units/s^2
     max_step: np.ndarray  # (n,) largest allowed |command - measured|
-    margin: float = 0.0
+    margin: np.ndarray | float = 0.0  # (n,) or one value: distance kept from the position limits
 
     def __post_init__(self):
         n = len(self.names)
@@ -59,8 +59,12 @@ class JointLimits:
                                 f"{self.upper.size}.")
         if not (np.all(np.isfinite(self.lower)) and np.all(np.isfinite(self.upper))):
             raise ClassRosError("joint position limits must be finite numbers.")
-        if self.margin < 0:
-            raise ClassRosError(f"the limit margin must be >= 0, got {self.margin}.")
+        margin = np.asarray(self.margin, dtype=np.float64).reshape(-1)
+        margin = np.full(n, float(margin[0])) if margin.size == 1 else margin
+        if margin.size != n or not np.all(np.isfinite(margin)) or np.any(margin < 0):
+            raise ClassRosError(f"the limit margin must be one value or one per joint, each >= 0; got "
+                                f"{np.asarray(self.margin).tolist()}.")
+        self.margin = margin
         if np.any(self.upper - self.lower <= 2 * self.margin):
             raise ClassRosError("every joint's upper limit must exceed its lower limit by more than twice the margin.")
         self.max_velocity = _per_joint(self.max_velocity, n, "max_velocity")
@@ -82,7 +86,7 @@ class JointLimits:
         if missing:
             raise ClassRosError(f"robot limits are missing {missing}; add them to the robot config.")
         return cls(names=list(d["names"]), lower=d["lower"], upper=d["upper"], max_velocity=d["max_velocity"],
-                   max_acceleration=d["max_acceleration"], max_step=d["max_step"], margin=float(d.get("margin", 0.0)))
+                   max_acceleration=d["max_acceleration"], max_step=d["max_step"], margin=d.get("margin", 0.0))
 
 
 @dataclass

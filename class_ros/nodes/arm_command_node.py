@@ -63,9 +63,11 @@ class ArmCommandNode(Node):
         p["chunk_timeout"] = declare(self, "chunk_timeout", 0.5, "no chunk for this long (s) -> hold", ro)
         p["ensemble_decay"] = declare(self, "ensemble_decay", 0.1,
                                       "temporal ensembling weight exp(-decay * k), k = steps into a chunk", ro)
+        p["interpolate"] = declare(self, "interpolate", False,
+                                   "interpolate between chunk steps (false: hold each step for its period)", ro)
         p["lower"] = declare(self, "lower", [0.0], "position lower limits (joints, then gripper)", ro)
         p["upper"] = declare(self, "upper", [0.0], "position upper limits (joints, then gripper)", ro)
-        p["margin"] = declare(self, "margin", 0.02, "distance kept from the position limits", ro)
+        p["margin"] = declare(self, "margin", [0.02], "distance kept from the position limits (one or per joint)", ro)
         p["max_velocity"] = declare(self, "max_velocity", [1.0], "per joint or one value (units/s)", ro)
         p["max_acceleration"] = declare(self, "max_acceleration", [10.0], "per joint or one value (units/s^2)", ro)
         p["max_step"] = declare(self, "max_step", [0.2], "largest |command - measured| per joint", ro)
@@ -87,6 +89,7 @@ class ArmCommandNode(Node):
         self.rejected_chunks = 0
         self.rates = {k: RateMeter() for k in ("command", "chunk", "joint_state", "camera")}
         self.sent = 0  # commands published
+        self.hold_ticks = 0  # ticks spent holding (watchdog or e-stop)
 
         self.create_subscription(JointTrajectory, "~/action_chunk", self._on_chunk, 10)
         self.create_subscription(Bool, "~/estop", self._on_estop, 10)
@@ -121,7 +124,7 @@ class ArmCommandNode(Node):
         self.dt = 1.0 / p["rate_hz"]
         self.has_gripper = bool(p["gripper_joint"])
         self.watchdog = Watchdog(p["max_age"], p["chunk_timeout"], watch_camera=bool(p["camera_topic"]))
-        self.ensembler = ChunkEnsembler(decay=p["ensemble_decay"])
+        self.ensembler = ChunkEnsembler(decay=p["ensemble_decay"], interpolate=p["interpolate"])
         if self.kind == "joint_position":
             joints = list(p["joints"])
             require(len(joints) > 0 and all(joints) and len(set(joints)) == len(joints),
@@ -230,6 +233,7 @@ class ArmCommandNode(Node):
             now, self.joint_state_stamp, self.camera_stamp, self.chunk_received)
         target = None
         if reasons:
+            self.hold_ticks += 1
             self.ensembler.clear()  # stale chunks never resume after a hold
         else:
             target = self.ensembler.target(now)
@@ -278,7 +282,8 @@ class ArmCommandNode(Node):
         values = {f"{k}_rate_hz": m.rate() for k, m in self.rates.items()}
         values.update({"latency_p50_ms": p50 * 1e3, "latency_p99_ms": p99 * 1e3, "estop": self.estop,
                        "holding": bool(self.hold_reasons), "rejected_chunks": self.rejected_chunks,
-                       "dropped_steps": self.ensembler.dropped_steps, "commands_sent": self.sent})
+                       "dropped_steps": self.ensembler.dropped_steps, "commands_sent": self.sent,
+                       "hold_ticks": self.hold_ticks})
         values.update({f"clamped_{k}": v for k, v in self.filter.counts.items()})
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: safety", hardware_id="arm",
                                   message="; ".join(self.hold_reasons) or "following the policy",

@@ -242,10 +242,12 @@ class EpisodeDriver:
 
 def run_closed_loop(run_dir, task: str = "lift", camera: str = "fixed", episodes: int = 3, seed: int = 0,
                     policy: str = "retrieval", *, processes: bool = False, episode_seconds: float | None = None,
-                    params_file: str = topology.POLICY_PARAMS, policy_params: dict | None = None) -> dict:
-    """Run `episodes` seeded sim episodes through the ROS graph; returns successes and latencies (ms).
+                    params_file: str = topology.POLICY_PARAMS, node_params: dict | None = None,
+                    seeds: list[int] | None = None, stop_after_success: bool = False) -> dict:
+    """Run `episodes` sim episodes (seeds seed, seed + 1, ... or `seeds`) through the ROS graph.
 
-    Latency: camera frame stamp -> first command published from the chunk computed on that frame.
+    Returns successes and latencies (ms): camera frame stamp -> first command published from the
+    chunk computed on that frame. `node_params` ({node: {name: value}}) override the YAML files.
     """
     from class_ros.sim.tasks import TIME_LIMIT_S
 
@@ -253,27 +255,30 @@ def run_closed_loop(run_dir, task: str = "lift", camera: str = "fixed", episodes
     if not os.path.isdir(run_dir):
         raise ClassRosError(f"run directory {run_dir} does not exist; train a run first.")
     seconds = float(episode_seconds or TIME_LIMIT_S[task])
+    seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(episodes)]
     specs = topology.graph(policy, sim=True)
     extra = dict(run_dir=str(run_dir), policy=policy)
-    sim_yaml = _sim_overrides(task, camera, seed)
+    sim_yaml = _sim_overrides(task, camera, seeds[0] if seeds else seed)
     starter = start_processes if processes else start_in_process
     results = []
-    with _extra_params(sim_yaml, policy_params) as files:
+    with _extra_params(sim_yaml, node_params) as files:
         specs = [topology.NodeSpec(s.name, s.params + tuple(files.get(s.name, ())), s.remappings) for s in specs]
         with starter(specs, params_file, extra) as graph:
             driver = EpisodeDriver()
             try:
-                for ep in range(episodes):
-                    driver.start_episode(seed + ep)
+                for ep, ep_seed in enumerate(seeds):
+                    driver.start_episode(ep_seed)
                     t0 = time.monotonic()
                     while time.monotonic() - t0 < seconds and not driver.success and graph.alive():
                         time.sleep(0.05)
                     if not graph.alive():
                         raise ClassRosError("a node of the graph stopped during the closed loop; see its log above.")
-                    results.append({"seed": seed + ep, "success": bool(driver.success),
+                    results.append({"seed": ep_seed, "success": bool(driver.success),
                                     "time_s": round(time.monotonic() - t0, 2)})
-                    print(f"closed loop: episode {ep + 1}/{episodes} seed {seed + ep}: "
+                    print(f"closed loop: episode {ep + 1}/{len(seeds)} seed {ep_seed}: "
                           f"{'success' if driver.success else 'failure'} after {results[-1]['time_s']} s")
+                    if driver.success and stop_after_success:
+                        break
                 latency_ms = [1e3 * v for v in driver.latency]
             finally:
                 driver.close()
@@ -285,19 +290,19 @@ def run_closed_loop(run_dir, task: str = "lift", camera: str = "fixed", episodes
 
 
 def _sim_overrides(task: str, camera: str, seed: int) -> dict:
-    return {"sim_node": {"ros__parameters": {"task": task, "camera": camera, "seed": int(seed)}}}
+    return {"task": task, "camera": camera, "seed": int(seed)}
 
 
 @contextmanager
-def _extra_params(sim_yaml: dict, policy_params: dict | None):
-    """Temporary YAML files layered after the standard ones: {node name: [path]}."""
+def _extra_params(sim_params: dict, node_params: dict | None):
+    """Temporary YAML files layered after the standard ones: yields {node name: [path]}."""
     import tempfile
 
     import yaml
 
-    docs = {"sim_node": sim_yaml}
-    if policy_params:
-        docs["policy_node"] = {"policy_node": {"ros__parameters": policy_params}}
+    docs = {name: {name: {"ros__parameters": dict(values)}} for name, values in (node_params or {}).items()}
+    docs.setdefault("sim_node", {"sim_node": {"ros__parameters": {}}})
+    docs["sim_node"]["sim_node"]["ros__parameters"] = {**sim_params, **docs["sim_node"]["sim_node"]["ros__parameters"]}
     with tempfile.TemporaryDirectory(prefix="class_ros_graph_") as tmp:
         files = {}
         for name, doc in docs.items():
