@@ -1,6 +1,7 @@
 """dtw_positives: exact against brute force (pairs, weights, ties), CSR batch weights, files, CLI."""
 import numpy as np
 import pytest
+import torch
 
 from class_ros.errors import ClassRosError
 from class_ros.similarity import normalized_chunks, open_weights
@@ -95,16 +96,25 @@ def test_bad_input_raises_value_error():
         dtw_positives(np.zeros((5, 4)))
 
 
-def test_torch_collect_on_cpu_equals_numba():
-    from class_ros.similarity.dtw_torch import collect_torch
+def test_torch_collect_and_csr_on_cpu_equal_numba():
+    from class_ros.similarity.dtw_torch import collect_torch, positives_csr
     x = tied_chunks(seed=3)
     dist = pairwise_dtw(x)
     iu, ju = np.triu_indices(len(x), 1)
     thr = float(np.quantile(dist[iu, ju], 0.05))
     i, j, d = collect_torch(x, thr, device="cpu", block=64)
     keep = dist[iu, ju] <= thr
-    assert np.array_equal(i, iu[keep]) and np.array_equal(j, ju[keep])
-    np.testing.assert_allclose(d, dist[iu, ju][keep], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(i.numpy(), iu[keep]) and np.array_equal(j.numpy(), ju[keep])
+    np.testing.assert_allclose(d.numpy(), dist[iu, ju][keep], rtol=1e-5, atol=1e-6)
+    # Ranking and CSR assembly of the GPU path, fed the CPU kernel's distances: identical result.
+    k = n_positive_pairs(len(x), 0.03)
+    exact = dtw_positives(x, 0.03)
+    indptr, indices, distance, weight, last = positives_csr(
+        *(torch.from_numpy(a) for a in (iu[keep].astype(np.int32), ju[keep].astype(np.int32), dist[iu, ju][keep])),
+        k, len(x))
+    assert np.array_equal(indptr, exact.indptr) and np.array_equal(indices, exact.indices)
+    assert np.array_equal(weight, exact.weight) and np.array_equal(distance, exact.distance)
+    assert last == exact.threshold
 
 
 def test_save_load_roundtrip_and_refusals(tmp_path):
@@ -188,9 +198,13 @@ def test_compute_positives_and_cli(tmp_path, capsys):
 
 
 @pytest.mark.gpu
-def test_cuda_positives_match_cpu():
-    torch = pytest.importorskip("torch")
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_cuda_positives_match_cpu(backend, monkeypatch):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    x = tied_chunks(seed=5)
-    assert np.array_equal(dtw_positives(x, 0.03, device="cuda").dense(), dtw_positives(x, 0.03).dense())
+    if backend == "torch":
+        monkeypatch.setenv("CLASS_ROS_DTW_GPU", "torch")
+    x = tied_chunks(seed=5)  # a 0.5 grid: distances are exact on any device, so ties match too
+    for kwargs in ({}, {"sample_pairs": 3000}, {"initial_threshold": 0.5}):
+        gpu, cpu = dtw_positives(x, 0.03, device="cuda", **kwargs), dtw_positives(x, 0.03, **kwargs)
+        assert np.array_equal(gpu.dense(), cpu.dense()) and gpu.threshold == cpu.threshold

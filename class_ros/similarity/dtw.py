@@ -234,8 +234,8 @@ def pairwise_dtw(x, y=None, *, device: str = "cpu") -> np.ndarray:
     ys = xs if y is None else check_sequences(y, "y")
     check_pair(xs, ys)
     if str(device).startswith("cuda"):
-        from class_ros.similarity.dtw_torch import pairwise_torch
-        return pairwise_torch(xs, None if y is None else ys, device=device)
+        from class_ros.similarity.dtw_torch import pairwise_gpu
+        return pairwise_gpu(xs, None if y is None else ys, device=device)
     if device != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda[:n]', got {device!r}.")
     out = np.empty((len(xs), len(ys)), np.float32)

@@ -4,6 +4,8 @@ Cells on an anti-diagonal s + t = k depend only on diagonals k-1 and k-2, so eac
 is a few elementwise ops over (pairs, T): the local costs of that diagonal, |a_s - b_(k-s)|^2 in the
 direct form (as the CPU kernel, for the same precision), then the min-plus update. No (P, T, T) cost
 tensor is ever held. The same code runs on CPU tensors, which is how the tests check it without a GPU.
+On CUDA with triton installed, `pairwise_gpu` / `collect_gpu` use the faster one-thread-per-pair
+Triton kernel (dtw_triton.py) instead; `positives_csr` ranks and builds the CSR on the device too.
 Nothing here imports zarr, faiss, aeon or dtaidistance: the GPU benchmark needs only torch and numpy.
 """
 from __future__ import annotations
@@ -11,6 +13,37 @@ from __future__ import annotations
 import numpy as np
 
 PAIRS_PER_STEP = 1 << 19  # pairs per wavefront call: their gathered (P, T, D) operands dominate memory
+
+
+def use_triton(device) -> bool:
+    """Triton kernels on CUDA when triton is installed (it ships with torch's CUDA wheels);
+    CLASS_ROS_DTW_GPU=torch forces the pure-torch wavefront."""
+    import os
+    if not str(device).startswith("cuda") or os.environ.get("CLASS_ROS_DTW_GPU") == "torch":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pairwise_gpu(x: np.ndarray, y: np.ndarray | None = None, *, device: str = "cuda") -> np.ndarray:
+    """pairwise_dtw on a GPU: the Triton kernel, or the torch wavefront without triton."""
+    _device(device)
+    if use_triton(device):
+        from class_ros.similarity.dtw_triton import pairwise_triton
+        return pairwise_triton(x, y, device=device)
+    return pairwise_torch(x, y, device=device)
+
+
+def collect_gpu(x: np.ndarray, thr: float, *, device: str = "cuda", progress: bool = False):
+    """Pairs i < j with DTW <= thr on a GPU: tensors (i int32, j int32, d float32) in (i, j) order."""
+    _device(device)
+    if use_triton(device):
+        from class_ros.similarity.dtw_triton import collect_triton
+        return collect_triton(x, thr, device=device, progress=progress)
+    return collect_torch(x, thr, device=device, progress=progress)
 
 
 def _device(device: str):
@@ -82,7 +115,7 @@ def corner_bound(xi, xj):
 
 
 def collect_torch(x: np.ndarray, thr: float, *, device: str = "cuda", progress: bool = False, block: int = 2048):
-    """Every pair i < j with DTW <= thr, as numpy (i int32, j int32, d float32) in (i, j) order."""
+    """Every pair i < j with DTW <= thr, as tensors on `device` (i int32, j int32, d float32) in (i, j) order."""
     import torch
     dev = _device(device)
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev)
@@ -107,17 +140,36 @@ def collect_torch(x: np.ndarray, thr: float, *, device: str = "cuda", progress: 
             if len(ii):
                 d = pair_dtw(xt[i0 + ii], xt[j0 + jj])
                 keep = d <= thr_t
-                found_i.append((ii[keep] + i0).int().cpu())
-                found_j.append((jj[keep] + j0).int().cpu())
-                found_d.append(d[keep].float().cpu())
+                found_i.append((ii[keep] + i0).int())
+                found_j.append((jj[keep] + j0).int())
+                found_d.append(d[keep].float())
             if bar is not None:
                 bar.update(int(((gj > gi).sum()).item()))
     if bar is not None:
         bar.close()
     if not found_d:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
-    i = torch.cat(found_i).numpy()
-    j = torch.cat(found_j).numpy()
-    d = torch.cat(found_d).numpy()
-    order = np.lexsort((j, i))
+        return (torch.zeros(0, dtype=torch.int32, device=dev), torch.zeros(0, dtype=torch.int32, device=dev),
+                torch.zeros(0, dtype=torch.float32, device=dev))
+    i, j, d = torch.cat(found_i), torch.cat(found_j), torch.cat(found_d)
+    order = torch.argsort(i.long() * N + j.long())
     return i[order], j[order], d[order]
+
+
+def positives_csr(i, j, d, k: int, n: int):
+    """Candidate pairs (tensors, (i, j) order) -> the k best by (d, i, j) as a symmetric CSR, on their device.
+
+    Returns numpy (indptr int64, indices int32, distance float32, weight float32) and the k-th distance.
+    """
+    import torch
+    order = torch.sort(d, stable=True).indices[:k]  # stable: (i, j) order among equal distances
+    pi, pj, pd = i[order].long(), j[order].long(), d[order]
+    del order
+    pw = torch.ones(1, device=d.device) if k == 1 else 1.0 - torch.arange(k, device=d.device, dtype=torch.float64) / (k - 1)
+    rows, cols = torch.cat([pi, pj]), torch.cat([pj, pi])
+    perm = torch.argsort(rows * n + cols)  # keys are unique: row-major, columns sorted
+    indices = cols[perm].int().cpu().numpy()
+    distance = torch.cat([pd, pd])[perm].float().cpu().numpy()
+    weight = torch.cat([pw, pw])[perm].float().cpu().numpy()
+    indptr = np.zeros(n + 1, np.int64)
+    indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0).cpu().numpy()
+    return indptr, indices, distance, weight, float(pd[-1])

@@ -368,15 +368,15 @@ def dtw_positives(x, quantile: float = 0.025, *, device: str = "cpu", sample_pai
     passes, inflate = 0, 1.0
     while True:
         passes += 1
-        expected = k if not math.isfinite(thr) else int(1.1 * k) + 1024
         if use_cuda:
-            from class_ros.similarity.dtw_torch import collect_torch
-            i, j, d = collect_torch(xs, thr, device=device, progress=progress)
-            found = _Grow(len(d))
-            found.extend(i, j, d)
+            from class_ros.similarity.dtw_torch import collect_gpu
+            found = collect_gpu(xs, thr, device=device, progress=progress)  # tensors on the GPU
+            count = len(found[2])
         else:
+            expected = k if not math.isfinite(thr) else int(1.1 * k) + 1024
             found = _collect(x4, thr, min(expected, P), progress, f"dtw pass {passes}")
-        if found.n >= k:
+            count = found.n
+        if count >= k:
             break
         # The threshold was too tight: loosen it and redo the pass (all pairs, for simplicity).
         assert math.isfinite(thr), "an infinite threshold keeps every pair"
@@ -385,6 +385,10 @@ def dtw_positives(x, quantile: float = 0.025, *, device: str = "cpu", sample_pai
             sample = sample_distances(xs, sample_pairs, rng)
         thr = max(_threshold_from_sample(sample, k / P, inflate), 2.0 * max(thr, 0.0) + 1e-12)
         del found
+    if use_cuda:
+        from class_ros.similarity.dtw_torch import positives_csr
+        indptr, indices, distance, weight, last = positives_csr(*found, k, N)
+        return Positives(indptr, indices, distance, weight, q, last, passes)
     # Stable sort by distance keeps the (i, j) order of the pass among equal distances: rank by (d, i, j).
     order = np.argsort(found.d[: found.n], kind="stable")[:k]
     pi, pj, pd = found.i[order], found.j[order], found.d[order]
