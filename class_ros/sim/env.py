@@ -163,6 +163,7 @@ class ArmEnv:
     def render(self) -> np.ndarray:
         """The `agentview` image (H, W, 3) uint8 of the current state and camera pose."""
         if self._renderer is None:
+            _load_triton_before_gl()
             self._renderer = self._mj.Renderer(self.model, *self.image_size)
         pos, quat = camera_pos_quat(self._rig.pose_at(self.sim_time))
         self.model.cam_pos[self._cam], self.model.cam_quat[self._cam] = pos, quat
@@ -217,3 +218,17 @@ class ArmEnv:
         if self.render_images:
             obs["agentview"] = self.render()
         return obs
+
+
+def _load_triton_before_gl() -> None:
+    """Import triton (if installed) before the first GL context exists.
+
+    Mesa's software EGL renderer and triton (pulled in later by diffusers through torch._dynamo) each
+    carry their own LLVM; loading triton after a GL context exists segfaults the process. Loading it
+    first is harmless, so every process that renders can import diffusers afterwards.
+    """
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+
