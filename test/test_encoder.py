@@ -142,3 +142,30 @@ def test_cuda_forward_matches_cpu():
         cpu = enc(imgs)
         gpu = enc.cuda().to(memory_format=torch.channels_last)({"cam": imgs["cam"].cuda()}).cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_amp_training_step_lowers_the_loss():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from class_ros.encoder.lars import LARS
+    from class_ros.encoder.loss import soft_infonce
+
+    torch.manual_seed(0)
+    enc = ObservationEncoder(EncoderConfig(backbone="resnet18", image_keys=["cam"], image_size=[96, 96],
+                                           crop_size=84)).cuda().to(memory_format=torch.channels_last)
+    opt = LARS(enc.parameters(), lr=0.4)
+    imgs = {"cam": torch.randint(0, 256, (32, 96, 96, 3), dtype=torch.uint8, device="cuda")}
+    w = torch.zeros(32, 32, device="cuda")
+    w[torch.arange(0, 32, 2), torch.arange(1, 32, 2)] = 1.0  # pairs (0,1), (2,3), ...
+    w = w + w.T
+    losses = []
+    for _ in range(20):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            z = enc.image_features(imgs, train=False)  # fixed views: the loss can only fall by learning
+        loss = soft_infonce(z, w, 0.05)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]

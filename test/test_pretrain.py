@@ -162,3 +162,26 @@ def test_presets_parse():
     assert cpu.encoder.backbone == "small" and cpu.optimizer == "adamw"
     assert (gpu.encoder.backbone, gpu.encoder.crop_size, gpu.batch_size, gpu.optimizer, gpu.lr) == \
         ("resnet18", 84, 160, "lars", 0.4)
+
+
+def test_init_weights_are_used_and_a_bad_file_is_refused_before_writing(tmp_path):
+    from safetensors.torch import save_file
+
+    from class_ros.encoder.model import ObservationEncoder
+    from training.pretrain import pretrain
+
+    store, positives = synthetic(tmp_path, n_episodes=4, length=10)
+    cfg = tiny_config(steps=1, batch_size=8, lr=1e-9, warmup_steps=0)
+    torch.manual_seed(123)
+    source = ObservationEncoder(cfg.encoder.for_dataset(store.meta))
+    save_file(source.state_dict(), str(tmp_path / "init.safetensors"))
+    pretrain(tmp_path / "data", positives, tmp_path / "run", cfg, init_weights=tmp_path / "init.safetensors",
+             progress=False)
+    trained = load_encoder(tmp_path / "run", "raw").state_dict()
+    key = "backbones.cam.trunk.net.0.weight"
+    torch.testing.assert_close(trained[key], source.state_dict()[key], atol=1e-6, rtol=0)  # lr ~ 0: unchanged
+    save_file({"nothing": torch.zeros(2)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ClassRosError, match="no tensor"):
+        pretrain(tmp_path / "data", positives, tmp_path / "run2", cfg, init_weights=tmp_path / "bad.safetensors",
+                 progress=False)
+    assert not (tmp_path / "run2").exists()

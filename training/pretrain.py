@@ -238,8 +238,12 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     cfg = dataclasses.replace(cfg, encoder=cfg.encoder.for_dataset(store.meta))
     weights = open_positives(positives, store, cfg.dist_horizon)
     check_positives(weights, store.n_frames)
-    if init_weights is not None and not Path(init_weights).is_file():
-        raise ClassRosError(f"init weights file {init_weights} does not exist.")
+    normalizers = fit_normalizers(store, cfg.encoder.proprio_keys)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    encoder = ObservationEncoder(cfg.encoder)
+    encoder.set_proprio_normalizers(normalizers)
+    if init_weights is not None:
+        load_init_weights(encoder, init_weights)  # a bad file is refused here, before anything is written
 
     n = store.n_frames
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / (cfg.batch_size * world)))
@@ -256,17 +260,12 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
                 raise ClassRosError(f"{out} has no train_state to resume from; start it without --resume.")
         else:
             run = RunDir.create(out, "encoder", cfg, store, extra={"world_size": world})
-            run.save_normalizers(fit_normalizers(store, cfg.encoder.proprio_keys))
+            run.save_normalizers(normalizers)
     if world > 1:
         dist.barrier()
         if rank != 0:
             run = RunDir.open(out, "encoder")
 
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    encoder = ObservationEncoder(cfg.encoder)
-    encoder.set_proprio_normalizers(run.load_normalizers())
-    if init_weights is not None:
-        load_init_weights(encoder, init_weights)
     encoder.to(device)
     if on_cuda:
         encoder.to(memory_format=torch.channels_last)
