@@ -182,3 +182,24 @@ def test_sample_prediction_type_trains_on_the_clean_chunk():
     (images, q), chunks = toy_data()
     batch = {"cam": torch.from_numpy(images), "q": torch.from_numpy(q), "action": torch.from_numpy(chunks)}
     assert torch.isfinite(policy.compute_loss(batch))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_sampling_equals_eager_and_amp_loss_is_finite():
+    policy = tiny_policy().to("cuda").eval()
+    policy.set_sampler("ddim", 8)
+    policy.reset()
+    eager = policy.predict_action_chunk(obs(0))
+    policy.use_cuda_graph(True)
+    policy.reset()
+    graphed = policy.predict_action_chunk(obs(0))
+    np.testing.assert_allclose(graphed, eager, atol=1e-4)
+    (images, q), chunks = toy_data()
+    batch = {"cam": torch.from_numpy(images).cuda(), "q": torch.from_numpy(q).cuda(),
+             "action": torch.from_numpy(chunks).cuda()}
+    policy.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = policy.compute_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
