@@ -54,13 +54,15 @@ PRESETS = {
     "smoke": {"sim_demos": {"episodes": 4}, "evaluate": {"episodes": 2},
               "pretrain": {"overrides": {"steps": 20, "batch_size": 32, "warmup_steps": 5}},
               "finetune": {"overrides": {"steps": 20}}, "note": "SMOKE RUN: 2 episodes per cell, "
-              "checks that every stage runs; the numbers say nothing about the method."},
-    "quick": {"sim_demos": {"episodes": 40}, "note": "quick CPU preset: small encoder, short training, "
-              "50 evaluation episodes per cell."},
+              "checks that every stage runs; the numbers say nothing about the method"},
+    "quick": {"sim_demos": {"episodes": 30},
+              "pretrain": {"overrides": {"steps": 600}}, "finetune": {"overrides": {"steps": 600}},
+              "note": "quick CPU preset: 30 demonstrations, small encoder, 600 training steps, "
+                      "50 evaluation episodes per cell"},
     "full": {"sim_demos": {"episodes": 200},
              "pretrain": {"base": "training/configs/pretrain_gpu.yaml"},
              "finetune": {"base": "training/configs/finetune_gpu.yaml"},
-             "note": "full preset for a GPU machine."},
+             "note": "full preset for a GPU machine: 200 demonstrations, ResNet-18, 50 evaluation episodes per cell"},
 }
 
 
@@ -107,7 +109,8 @@ def _stages():
             from training.demo import merged_config
             from training.finetune import finetune as run_finetune
             out = d.path("dp_class" if init else "dp_scratch")
-            return run_finetune(d.dataset, d.class_run if init else None, out, merged_config(d.cfg["finetune"]))
+            return run_finetune(d.dataset, d.class_run if init else None, out, merged_config(d.cfg["finetune"]),
+                                device=d.cfg["device"])
         return work
 
     def evaluate(name):
@@ -126,6 +129,9 @@ def _stages():
             return results
         return work
 
+    def loss_key(s):
+        return f"loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} in {s['steps']} steps"
+
     def eval_key(s):
         from training.demo import _eval_key
         return _eval_key(s)
@@ -133,11 +139,11 @@ def _stages():
     base = [s for s in STAGES if s.name in ("sim-demos", "convert", "dtw", "pretrain", "index")]
     extra = [
         Stage("random-encoder", ["training.index"], 6, ["index"], ["random_run"], random_encoder,
-              lambda s: "", []),
+              lambda s: f"{s['n']} frames indexed", []),
         Stage("dp-scratch-train", ["training.finetune"], 7, ["convert"], ["dp_scratch"], finetune(False),
-              lambda s: "", ["finetune"]),
+              loss_key, ["finetune"]),
         Stage("dp-class-train", ["training.finetune"], 7, ["pretrain"], ["dp_class"], finetune(True),
-              lambda s: "", ["finetune"]),
+              loss_key, ["finetune"]),
     ]
     needs = {"class-retrieval": "index", "random-retrieval": "random-encoder", "dp-scratch": "dp-scratch-train",
              "dp-class": "dp-class-train"}

@@ -1,0 +1,32 @@
+"""The camera-shift benchmark's presets and table (the benchmark itself runs for an hour: benchmarks/)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location("camera_shift", Path(__file__).resolve().parents[1] / "benchmarks" /
+                                              "camera_shift.py")
+camera_shift = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(camera_shift)
+
+
+def test_presets_keep_50_episodes_per_cell_except_smoke():
+    for preset in ("quick", "full"):
+        cfg = camera_shift.preset_config(preset, "pick_place", "cpu")
+        assert cfg["evaluate"]["episodes"] >= 50 and cfg["task"] == "pick_place"
+        assert cfg["evaluate"]["cameras"] == ["fixed", "heldout", "moving"]
+    smoke = camera_shift.preset_config("smoke", "lift", "cpu")
+    assert smoke["evaluate"]["episodes"] < 50 and "SMOKE" in smoke["note"]
+    assert smoke["convert"] == camera_shift._BASE["convert"]  # untouched sections keep the base settings
+    full = camera_shift.preset_config("full", "lift", "cuda")
+    assert full["pretrain"]["base"].endswith("pretrain_gpu.yaml")
+    assert camera_shift._BASE["pretrain"]["base"].endswith("pretrain_cpu.yaml")  # presets never edit the base
+
+
+def test_table_shows_rates_cis_and_gaps():
+    cell = camera_shift.cell({"successes": 9, "episodes": 50})
+    assert cell["rate"] == pytest.approx(0.18) and cell["ci_low"] < 0.18 < cell["ci_high"]
+    results = {"lift": {"class-retrieval": {"fixed": cell, "heldout": None, "moving": None}}}
+    md = camera_shift.markdown_table(results, "quick CPU preset", "x86_64, 2 CPU cores")
+    assert "quick CPU preset) on x86_64, 2 CPU cores" in md
+    assert f"| lift | class-retrieval | 18% (9/50) [{cell['ci_low']:.0%}, {cell['ci_high']:.0%}] | not run | not run |" in md
