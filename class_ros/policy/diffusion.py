@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,7 +149,12 @@ class DiffusionPolicy(nn.Module):
             return self.unet
         key = (tuple(x.shape), tuple(cond.shape), x.dtype, x.device)
         if key not in self._graphs:
-            self._graphs[key] = _GraphedCall(self.unet, x, cond)
+            try:
+                self._graphs[key] = _GraphedCall(self.unet, x, cond)
+            except RuntimeError as err:  # a driver or build without graph capture: sample eagerly
+                warnings.warn(f"CUDA graph capture failed ({err}); the diffusion policy samples eagerly.")
+                self._graphs = None
+                return self.unet
         return self._graphs[key]
 
     @torch.no_grad()
@@ -268,6 +274,7 @@ class DiffusionPolicy(nn.Module):
             raise ClassRosError(f"{run_dir} weights do not fit its config ({str(err).splitlines()[0]}); "
                                 "the run is damaged or from another version.") from err
         policy.to(device).eval()
+        policy.use_cuda_graph(policy.device.type == "cuda")  # fewer kernel launches per step; benchmarks/diffusion.py
         policy.reset()
         return policy
 
@@ -285,7 +292,8 @@ class _GraphedCall:
                 unet(self.x, self.t, self.cond)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
+        # thread_local: other threads of the process (e.g. ROS callbacks) may use CUDA during the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.no_grad():
             self.out = unet(self.x, self.t, self.cond)
 
     def __call__(self, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
