@@ -109,14 +109,14 @@ class InProcessGraph:
         return self.thread.is_alive()
 
     def close(self) -> None:
+        # Stop spinning before destroying nodes, so no callback runs on a destroyed node.
         if hasattr(self, "executor"):
             self.executor.shutdown(timeout_sec=5.0)
+            self.thread.join(timeout=5.0)
         for node in self.nodes.values():
             node.destroy_node()
         self.nodes = {}
         self.context.try_shutdown()
-        if hasattr(self, "thread"):
-            self.thread.join(timeout=5.0)
 
 
 class ProcessGraph:
@@ -235,9 +235,9 @@ class EpisodeDriver:
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=5.0)
+        self.thread.join(timeout=5.0)
         self.node.destroy_node()
         self.context.try_shutdown()
-        self.thread.join(timeout=5.0)
 
 
 def run_closed_loop(run_dir, task: str = "lift", camera: str = "fixed", episodes: int = 3, seed: int = 0,

@@ -1,0 +1,249 @@
+"""The policy side of the graph on real DDS with runs trained here, and the closed loop through sim_node.
+
+A module fixture records scripted `lift` demonstrations in the sim, converts them, computes DTW
+positives and trains two retrieval runs: one pre-trained with CLASS, one left at random weights.
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("training.sim_demos")
+pytest.importorskip("training.pretrain")
+
+REPO = Path(__file__).resolve().parents[1]
+N_DEMOS = 30
+TRAIN_STEPS = 150
+
+
+def pretrain_run(data: Path, out: Path, steps: int) -> Path:
+    from training.demo import merged_config
+    from training.index import build_index
+    from training.pretrain import pretrain
+
+    cfg = merged_config({"base": "training/configs/pretrain_cpu.yaml",
+                         "overrides": {"steps": steps, "batch_size": 32, "warmup_steps": min(10, steps),
+                                       "save_every": 100000}})
+    pretrain(data / "dataset", data / "positives.npz", out, cfg, device="cpu", progress=False)
+    build_index(out, data / "dataset")
+    return out
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    from training.convert import convert_bags
+    from training.dtw import compute_positives
+
+    data = tmp_path_factory.mktemp("closed_loop")
+    # Its own process: torch / diffusers imported after MuJoCo's EGL rendering in one process crash.
+    subprocess.run([sys.executable, "-m", "class_ros.cli", "sim-demos", "--task", "lift", "--episodes", str(N_DEMOS),
+                    "--camera", "fixed", "--out", str(data / "bags")], check=True, env=os.environ.copy(),
+                   stdout=subprocess.DEVNULL)
+    convert_bags([data / "bags"], REPO / "config/mappings/sim.yaml", data / "dataset")
+    compute_positives(data / "dataset", data / "positives.npz", horizon=16, quantile=0.025, device="cpu",
+                      mode="exact")
+    return data
+
+
+@pytest.fixture(scope="module")
+def random_run(demos):
+    """A run whose encoder stays at its random initialisation (one step at a warm-up learning rate ~ 0)."""
+    return pretrain_run(demos, demos / "random_run", steps=1)
+
+
+@pytest.fixture(scope="module")
+def trained_run(demos):
+    return pretrain_run(demos, demos / "class_run", steps=TRAIN_STEPS)
+
+
+class Probe:
+    """A test node: publishes raw inputs, collects outputs."""
+
+    def __init__(self, topics):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("probe", context=self.ctx)
+        self.got = {name: [] for name in topics}
+        for name, (msg_type, topic) in topics.items():
+            self.node.create_subscription(msg_type, topic, lambda m, n=name: self.got[n].append(m),
+                                          qos_profile_sensor_data if "image" in topic else 10)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
+        self.thread.start()
+
+    def publisher(self, msg_type, topic, sensor=False):
+        from rclpy.qos import qos_profile_sensor_data
+        return self.node.create_publisher(msg_type, topic, qos_profile_sensor_data if sensor else 10)
+
+    def wait(self, name, count=1, timeout=30.0):
+        end = time.monotonic() + timeout
+        while len(self.got[name]) < count and time.monotonic() < end:
+            time.sleep(0.02)
+        return len(self.got[name]) >= count
+
+    def close(self):
+        self.ex.shutdown()
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+        self.ctx.try_shutdown()
+
+
+def stamp(sec, nanosec=0):
+    from builtin_interfaces.msg import Time
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def test_embedding_node_pairs_the_image_with_the_joint_state_as_of_its_stamp(random_run):
+    from sensor_msgs.msg import Image, JointState
+
+    from class_ros.data.images import preprocess
+    from class_ros.nodes import topology
+    from class_ros.nodes.graph import start_in_process
+    from class_ros.nodes.observation import image_to_feature
+    from class_ros.policy import load_policy
+    from class_ros.sim.robot import JOINT_NAMES
+
+    specs = [s for s in topology.graph("retrieval") if s.name in ("camera_node", "embedding_node")]
+    with start_in_process(specs, extra={"run_dir": str(random_run)}):
+        probe = Probe({"emb": (Image, "/embedding_node/embedding")})
+        try:
+            cam = probe.publisher(Image, "/camera/image_raw", sensor=True)
+            js = probe.publisher(JointState, "/joint_states", sensor=True)
+            rng = np.random.default_rng(0)
+            raw = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+            q_before = np.linspace(0.1, 0.7, 7).astype(np.float32)
+            q_after = q_before + 0.5
+            t_img = 1000
+            for _ in range(50):  # until the graph has matched up (discovery takes a moment)
+                for q, t in ((q_before, stamp(t_img - 1)), (q_after, stamp(t_img + 1))):
+                    msg = JointState(name=list(JOINT_NAMES), position=[float(v) for v in q])
+                    msg.header.stamp = t
+                    js.publish(msg)
+                img = Image(height=120, width=160, encoding="rgb8", step=480, data=raw.tobytes())
+                img.header.stamp = stamp(t_img)
+                cam.publish(img)
+                if probe.wait("emb", 1, timeout=0.2):
+                    break
+            assert probe.got["emb"], "embedding_node published nothing"
+            out = probe.got["emb"][-1]
+            assert (out.header.stamp.sec, out.header.stamp.nanosec) == (t_img, 0)
+            policy = load_policy(random_run, "retrieval")
+            want = policy.embed({"agentview": preprocess(raw, (96, 96)), "joint_pos": q_before})
+            np.testing.assert_allclose(image_to_feature(out), want, atol=1e-5)
+            wrong = policy.embed({"agentview": preprocess(raw, (96, 96)), "joint_pos": q_after})
+            assert np.abs(image_to_feature(out) - wrong).max() > 1e-3
+        finally:
+            probe.close()
+
+
+def test_policy_node_chunks_are_timed_and_the_ood_gate_stops_them(random_run, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+    from trajectory_msgs.msg import JointTrajectory
+
+    from class_ros.nodes import topology
+    from class_ros.nodes.graph import start_in_process
+    from class_ros.nodes.observation import feature_to_image
+    from class_ros.policy import load_policy
+
+    policy = load_policy(random_run, "retrieval")
+    feature = policy.embed({"agentview": np.full((96, 96, 3), 128, np.uint8), "joint_pos": np.zeros(7, np.float32)})
+    spec = next(s for s in topology.graph("retrieval") if s.name == "policy_node")
+    for gate in (1.0, -1.0):  # off, then everything counts as out of distribution
+        gate_yaml = tmp_path / f"gate_{gate}.yaml"
+        gate_yaml.write_text(f"policy_node:\n  ros__parameters:\n    max_nearest_distance: {gate}\n")
+        gated = topology.NodeSpec(spec.name, spec.params + (str(gate_yaml),), spec.remappings)
+        with start_in_process([gated], extra={"run_dir": str(random_run)}):
+            probe = Probe({"chunk": (JointTrajectory, "/policy_node/action_chunk"),
+                           "diag": (DiagnosticArray, "/diagnostics")})
+            try:
+                pub = probe.publisher(Image, "/embedding_node/embedding")
+                for i in range(40):
+                    pub.publish(feature_to_image(feature, Header(stamp=stamp(500 + i), frame_id="agentview")))
+                    if probe.wait("chunk", 1, timeout=0.1):
+                        break
+                if gate >= 0:
+                    assert probe.got["chunk"], "policy_node published no chunk"
+                    msg = probe.got["chunk"][0]
+                    assert msg.header.stamp.sec >= 500 and msg.header.stamp.nanosec == 0
+                    assert list(msg.joint_names) == policy.action_names
+                    n = policy.n_action_steps + 1
+                    t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+                    np.testing.assert_allclose(t, np.arange(n) / policy.control_rate_hz, atol=1e-9)
+                    want = policy.predict_from_embedding(feature)[:n]
+                    np.testing.assert_allclose([p.positions for p in msg.points], want, atol=1e-5)
+                else:
+                    assert not probe.got["chunk"], "the OOD gate let a chunk through"
+                    assert probe.wait("diag", 1, timeout=5.0)
+                    time.sleep(1.2)
+                    texts = [s.message for d in probe.got["diag"] for s in d.status if "policy" in s.name]
+                    assert any("out of distribution" in t for t in texts), texts
+            finally:
+                probe.close()
+
+
+def test_policy_node_refuses_a_mismatched_run(random_run):
+    import rclpy
+
+    from class_ros.errors import ClassRosError
+    from class_ros.nodes.policy_node import PolicyNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        names = "[shoulder_pan, shoulder_lift, elbow, wrist_1, wrist_2, wrist_3, gripper]"
+        for names_arg, kind, words in (("[a, b, c, d, e, f, g]", "joint_position", "action names"),
+                                       (names, "ee_pose", "ee_pose")):
+            args = ["--ros-args", "-p", f"run_dir:={random_run}", "-p", f"action_names:={names_arg}",
+                    "-p", f"action_kind:={kind}"]
+            with pytest.raises(ClassRosError, match=words):
+                PolicyNode(context=ctx, cli_args=args)
+    finally:
+        ctx.try_shutdown()
+
+
+def test_graph_command_as_processes_moves_the_sim_arm(random_run):
+    """`class-ros graph --sim --processes`: real entry points, one process per node, commands flow."""
+    from std_msgs.msg import Float64MultiArray
+
+    probe = Probe({"cmd": (Float64MultiArray, "/forward_position_controller/commands")})
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "class_ros.cli", "graph", "--sim", "--processes",
+                                 "--run-dir", str(random_run), "--duration", "25"], env=os.environ.copy(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert probe.wait("cmd", 50, timeout=60.0), "no commands from the process graph"
+        finally:
+            proc.send_signal(2)
+            out, _ = proc.communicate(timeout=30)
+        assert "running" in out, out[-2000:]
+        cmds = np.array([m.data for m in probe.got["cmd"]])
+        assert cmds.shape[1] == 6 and np.all(np.isfinite(cmds))
+    finally:
+        probe.close()
+
+
+@pytest.mark.slow
+def test_closed_loop_trained_run_lifts_and_random_run_does_not(demos, trained_run, random_run):
+    from class_ros.nodes.graph import run_closed_loop
+
+    seeds = [101, 102, 103, 104]  # layouts the demonstrations did not see
+    trained = run_closed_loop(trained_run, "lift", "fixed", seeds=seeds, stop_after_success=True)
+    print(json.dumps({k: v for k, v in trained.items() if k != "latency_ms"}))
+    assert trained["successes"] >= 1, trained["episodes"]
+    assert len(trained["latency_ms"]) > 20 and np.all(np.array(trained["latency_ms"]) > 0)
+    rand = run_closed_loop(random_run, "lift", "fixed", seeds=seeds[:3])
+    print(json.dumps({k: v for k, v in rand.items() if k != "latency_ms"}))
+    assert rand["successes"] == 0, rand["episodes"]
