@@ -10,7 +10,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageAugment(nn.Module):
-    """(B, H, W, 3) uint8 -> (B, 3, c, c) float, normalised (channels-last memory, which convs on GPU prefer)."""
+    """(B, H, W, 3) uint8 -> (B, 3, c, c) float, normalised (channels-last memory on the GPU)."""
 
     def __init__(self, crop_size: int, noise_std: float = 5.0):
         super().__init__()
@@ -32,7 +32,10 @@ class ImageAugment(nn.Module):
         else:
             top, left = (H - c) // 2, (W - c) // 2
             x = images[:, top:top + c, left:left + c]
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, c, c), NHWC memory = channels_last
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, c, c), still NHWC in memory
         if train and self.noise_std > 0:
             x = x + torch.randn_like(x) * self.noise_std
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        # Channels-last memory suits the GPU (whose model is converted to it); CPU models stay NCHW, and
+        # mixed layouts there make DDP's gradient buckets mismatch.
+        return x.contiguous(memory_format=torch.channels_last if x.is_cuda else torch.contiguous_format)
