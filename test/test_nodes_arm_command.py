@@ -343,3 +343,70 @@ def test_bad_parameters_fail_at_start_with_one_clear_line():
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 1, out
         assert words in out and "Traceback" not in out, out
+
+
+def test_ee_pose_actions_become_bounded_pose_commands(tmp_path):
+    """End-effector actions: PoseStamped targets inside the workspace, at most max_translation per step."""
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from class_ros.control.rotation import matrix_to_rot6d
+
+    params = tmp_path / "ee.yaml"
+    params.write_text(yaml.safe_dump({"arm_command_node": {"ros__parameters": {
+        "action_kind": "ee_pose", "gripper_joint": "gripper", "camera_topic": "", "rate_hz": 50.0,
+        "workspace_min": [0.2, -0.3, 0.05], "workspace_max": [0.6, 0.3, 0.5], "max_translation": 0.004,
+        "max_rotation": 0.02}}}))
+    proc = subprocess.Popen([sys.executable, "-m", "class_ros.nodes.arm_command_node", "--ros-args", "--params-file",
+                             str(params)], env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("ee_rig", context=ctx)
+    got = []
+    node.create_subscription(PoseStamped, "/cartesian_controller/target_pose", got.append, 100)
+    state_pub = node.create_publisher(PoseStamped, "/cartesian_controller/current_pose", 10)
+    chunk_pub = node.create_publisher(JointTrajectory, "/arm_command_node/action_chunk", 10)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    measured = np.array([0.4, 0.0, 0.3])
+
+    def publish_state():
+        msg = PoseStamped()
+        msg.header.stamp = node.get_clock().now().to_msg()
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in measured)
+        msg.pose.orientation.w = 1.0
+        state_pub.publish(msg)
+
+    def publish_chunk():
+        goal = np.concatenate([[0.9, 0.0, 0.3], matrix_to_rot6d(np.eye(3)), [1.0]])  # x beyond the box
+        msg = JointTrajectory(joint_names=["x", "y", "z", "r0", "r1", "r2", "r3", "r4", "r5", "gripper"])
+        msg.header.stamp = node.get_clock().now().to_msg()
+        for k in range(16):
+            pt = JointTrajectoryPoint(positions=[float(v) for v in goal])
+            pt.time_from_start.nanosec = k * 100_000_000 % 10**9
+            pt.time_from_start.sec = k // 10
+            msg.points.append(pt)
+        chunk_pub.publish(msg)
+
+    node.create_timer(0.01, publish_state)
+    node.create_timer(0.1, publish_chunk)
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and len(got) < 100:
+            ex.spin_once(timeout_sec=0.05)
+        assert len(got) >= 100, proc.stdout.read() if proc.poll() is not None else "no pose commands"
+        pos = np.array([[m.pose.position.x, m.pose.position.y, m.pose.position.z] for m in got])
+        # The measured pose stays put (nobody moves the arm): every command is within one step of it.
+        assert np.all(np.linalg.norm(pos - measured, axis=1) <= 0.004 + 1e-9)
+        assert np.all(pos[:, 0] <= 0.6 + 1e-9)
+        assert pos[-1, 0] == pytest.approx(measured[0] + 0.004)  # pushing toward the goal as far as allowed
+        assert all(m.header.frame_id == "base_link" for m in got)
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        ctx.try_shutdown()
+        proc.terminate()
+        proc.wait(timeout=10)
