@@ -410,3 +410,23 @@ def test_ee_pose_actions_become_bounded_pose_commands(tmp_path):
         ctx.try_shutdown()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_safety_parameters_are_read_only_after_start():
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from class_ros.nodes.arm_command_node import ArmCommandNode
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = ArmCommandNode(context=ctx, cli_args=["--ros-args", "--params-file", str(ROBOT)])
+        for name, value in (("max_step", [9.0] * 7), ("upper", [9.0] * 7), ("rate_hz", 1000.0),
+                            ("max_age", 100.0)):
+            result = node.set_parameters([Parameter(name, value=value)])[0]
+            assert not result.successful, name
+        np.testing.assert_allclose(node.filter.limits.max_step, MAX_STEP)
+        node.destroy_node()
+    finally:
+        ctx.try_shutdown()
