@@ -10,6 +10,8 @@ forward + soft InfoNCE + backward + optimizer step, on a batch of random uint8 9
 `class-ros pretrain` does it (the same modules, without the data store). Each configuration is warmed
 up, then timed; img/s = batch * steps / seconds. Ratios are against the peer measured in the same run:
 on CPU the peer is ResNet-18 fp32 (what the paper uses), on CUDA ResNet-18 fp32 without channels-last.
+On CPU, img per CPU-second is printed too: wall time on a shared machine mostly measures the other
+processes, CPU time much less so (run with --threads 1 for the cleanest number).
 Target (issue 6): >= 10,000 img/s for ResNet-18 84x84 with AMP on one H100.
 
 Needs only torch and torchvision (no zarr, faiss or diffusers), so it runs on a bare GPU machine.
@@ -61,15 +63,15 @@ def measure(backbone: str, device: str, batch: int, steps: int, amp: bool, chann
         step()
     if on_cuda:
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     if on_cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     return {"backbone": backbone, "device": device, "batch": batch, "steps": steps, "amp": amp and on_cuda,
             "channels_last": channels_last, "optimizer": optimizer, "seconds": seconds,
-            "img_per_s": batch * steps / seconds}
+            "img_per_s": batch * steps / seconds, "img_per_cpu_s": batch * steps / cpu_seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,12 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer timed steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "encoder.json"))
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("encoder benchmark: --device cuda asked for but CUDA is not available; nothing measured.")
         return 1
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     if args.device == "cpu":
         steps = 3 if args.quick else 10
@@ -91,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         small = measure("small", "cpu", 64, steps, amp=False, channels_last=False)
         peer = measure("resnet18", "cpu", 64, max(2, steps // 3), amp=False, channels_last=False, warmup=1)
         rows = [small, peer]
-        print(f"  small encoder   {small['img_per_s']:8.0f} img/s")
-        print(f"  ResNet-18 (peer){peer['img_per_s']:8.0f} img/s")
-        print(f"  small / ResNet-18 = {small['img_per_s'] / peer['img_per_s']:.1f}x")
+        for name, r in (("small encoder", small), ("ResNet-18 (peer)", peer)):
+            print(f"  {name:17s} {r['img_per_s']:7.0f} img/s  {r['img_per_cpu_s']:7.0f} img per CPU-second")
+        print(f"  small / ResNet-18 = {small['img_per_s'] / peer['img_per_s']:.1f}x wall, "
+              f"{small['img_per_cpu_s'] / peer['img_per_cpu_s']:.1f}x CPU time")
     else:
         steps = 10 if args.quick else 50
         print(f"{torch.cuda.get_device_name()}: ResNet-18, 84x84 crops, batch 160, LARS (GPU preset)")

@@ -2,9 +2,9 @@
 and the spatial-softmax keypoint head.
 
 - `small`: 4 conv layers for CPUs, ~0.14 M parameters with the default head. Pre-training throughput
-  (augment + forward + soft InfoNCE + backward + AdamW, batch 64, 96x96 -> 84x84 crops, 2 CPU cores):
-  about 550-800 img/s measured on a lightly loaded 2-core machine, against about 40 img/s for
-  ResNet-18 (ENVIRONMENT.md). `python benchmarks/encoder.py` measures both in one run.
+  (augment + forward + soft InfoNCE + backward + AdamW, batch 64, 96x96 -> 84x84 crops): about 390
+  images per CPU-second single-threaded (ResNet-18: about 85, 4.6x less), which is 550-800 img/s
+  measured on a lightly loaded 2-core machine. `python benchmarks/encoder.py` measures both.
 - `resnet18`: torchvision's ResNet-18 built with GroupNorm(C/16, C) in place of every BatchNorm.
 """
 from __future__ import annotations
