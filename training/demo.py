@@ -59,19 +59,6 @@ def run(args) -> int:
     return 0 if summary["ok"] else 1
 
 
-def load_triton_before_rendering() -> None:
-    """Load triton now, before any MuJoCo renderer exists.
-
-    Mesa's EGL software renderer and triton (which diffusers pulls in through torch._dynamo) each carry
-    their own LLVM; loading triton after a GL context was created crashes the process (segfault in
-    triton's native module). The demo renders in sim-demos and imports diffusers in pretrain.
-    """
-    try:
-        import triton  # noqa: F401
-    except ImportError:  # CPU-only torch builds come without it, and then there is nothing to clash
-        pass
-
-
 # ---------------------------------------------------------------- configuration
 def load_config(preset: str) -> dict:
     """The demo settings of a preset (training/configs/demo*.yaml) as a dict."""
@@ -288,7 +275,6 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fres
     # As `make demo` sets them: the demo's ROS nodes stay on this machine, MuJoCo renders off-screen.
     for name, value in DEMO_ENV.items():
         os.environ.setdefault(name, value)
-    load_triton_before_rendering()
     out = Path(out)
     table, status = run_stages(out, load_config(preset), STAGES, fresh=fresh)
     ok = all(status[s.name] in (RAN, REUSED) for s in STAGES)
