@@ -185,3 +185,21 @@ def test_init_weights_are_used_and_a_bad_file_is_refused_before_writing(tmp_path
         pretrain(tmp_path / "data", positives, tmp_path / "run2", cfg, init_weights=tmp_path / "bad.safetensors",
                  progress=False)
     assert not (tmp_path / "run2").exists()
+
+
+def test_positives_file_from_the_similarity_step(tmp_path):
+    from class_ros.similarity import dtw_positives, normalized_chunks
+    from training.pretrain import pretrain
+
+    store, dense = synthetic(tmp_path, n_episodes=4, length=10)
+    other, _ = synthetic(tmp_path / "other", n_episodes=3, length=10)
+    dtw_positives(normalized_chunks(store, HORIZON)).save(tmp_path / "pos.npz")
+    dtw_positives(normalized_chunks(other, HORIZON)).save(tmp_path / "other.npz")
+    cfg = tiny_config(steps=2, batch_size=8)
+    summary = pretrain(tmp_path / "data", tmp_path / "pos.npz", tmp_path / "run", cfg, progress=False)
+    assert summary["steps"] == 2 and np.isfinite(summary["loss_last"])
+    with pytest.raises(ClassRosError, match="30 samples"):
+        pretrain(tmp_path / "data", tmp_path / "other.npz", tmp_path / "run2", cfg, progress=False)
+    with pytest.raises(ClassRosError, match="do not exist"):
+        pretrain(tmp_path / "data", tmp_path / "none.npz", tmp_path / "run2", cfg, progress=False)
+    assert not (tmp_path / "run2").exists()

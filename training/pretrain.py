@@ -107,9 +107,7 @@ def open_positives(positives, store, horizon: int):
 
 def check_positives(weights, n_frames: int) -> None:
     """Refuse positives computed for a different number of frames."""
-    n = getattr(weights, "n", None)
-    if n is None and hasattr(weights, "indptr"):
-        n = len(weights.indptr) - 1
+    n = getattr(weights, "n", None)  # Positives and OnTheFlyWeights both say how many samples they cover
     if n is not None and int(n) != n_frames:
         raise ClassRosError(f"the positives cover {n} samples but the dataset has {n_frames} frames; recompute "
                             "them with `class-ros dtw` on this dataset.")

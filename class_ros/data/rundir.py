@@ -131,6 +131,8 @@ class RunDir:
         if kind not in RUN_KINDS:
             raise ClassRosError(f"run kind {kind!r} is not one of {RUN_KINDS}.")
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ClassRosError(f"{path} is a file, not a run directory; choose another --out.")
         if path.exists() and any(path.iterdir()):
             if not overwrite:
                 raise ClassRosError(f"{path} already exists and is not empty; choose another --out, pass --resume "
