@@ -76,6 +76,22 @@ def test_weighted_mean_and_sampling_follow_the_softmax(run):
     assert np.array_equal(sampler.predict_action_chunk(obs), draws[0])  # reset restarts the same stream
 
 
+def test_bad_observations_are_refused(run):
+    from class_ros.policy.retrieval import RetrievalPolicy
+
+    store, path = run
+    policy = RetrievalPolicy.load(path)
+    obs = frame_obs(store, 0)
+    with pytest.raises(ClassRosError, match="has no 'state'"):
+        policy.predict_action_chunk({"cam": obs["cam"]})
+    with pytest.raises(ClassRosError, match="non-finite"):
+        policy.predict_action_chunk({**obs, "state": np.array([np.nan, 0.0], np.float32)})
+    with pytest.raises(ClassRosError, match="index holds"):
+        policy.predict_from_embedding(np.ones(5, np.float32))
+    extra = {**obs, "wrist": np.zeros((4, 4, 3), np.uint8)}  # keys the encoder does not use are ignored
+    assert np.array_equal(policy.predict_action_chunk(extra), policy.predict_action_chunk(obs))
+
+
 def test_unfamiliar_observation_is_less_confident(run):
     from class_ros.policy.retrieval import RetrievalPolicy
 

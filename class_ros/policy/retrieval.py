@@ -173,7 +173,6 @@ class RetrievalPolicy:
     def load(cls, run_dir: str | os.PathLike, device: str = "cpu", **overrides) -> "RetrievalPolicy":
         """Load the EMA encoder and the index of a pre-training run; `overrides` change RetrievalConfig fields."""
         import faiss
-        import torch
 
         from class_ros.data.rundir import RunDir
         from class_ros.encoder.config import EncoderConfig
@@ -211,10 +210,13 @@ class RetrievalPolicy:
         """One observation {camera: (H, W, 3) uint8, proprio: (d,)} -> (F,) unit-norm float32 feature."""
         import torch
 
+        cfg = self.encoder.config
         batch = {}
-        for name, value in obs.items():
-            t = torch.as_tensor(np.asarray(value))
-            batch[name] = t.unsqueeze(0).to(self.device)
+        for name in cfg.image_keys + cfg.proprio_keys:  # other entries of the observation are not used
+            if name not in obs:
+                raise ClassRosError(f"the observation has no {name!r}; the run's encoder needs "
+                                    f"{cfg.image_keys + cfg.proprio_keys}, got {sorted(obs)}.")
+            batch[name] = torch.as_tensor(np.asarray(obs[name])).unsqueeze(0).to(self.device)
         with torch.no_grad():
             feat = self.encoder(batch)[0].float().cpu().numpy()
         if not np.isfinite(feat).all():
@@ -224,6 +226,9 @@ class RetrievalPolicy:
     def predict_from_embedding(self, feature: np.ndarray) -> np.ndarray:
         """(F,) feature (normalised here) -> (H, D) float32 action chunk; updates last_confidence."""
         q = normalize_rows(np.asarray(feature, dtype=np.float32).reshape(1, -1))
+        if q.shape[1] != self.index.d:
+            raise ClassRosError(f"the embedding has {q.shape[1]} values but the index holds {self.index.d}-d "
+                                "features; embed with the same run the index belongs to.")
         k = min(self.config.k, len(self.chunks))
         with single_thread_search():
             sims, ids = self.index.search(q, k)
