@@ -50,6 +50,7 @@ def measure(backbone: str, device: str, batch: int, steps: int, amp: bool, chann
     weights = (torch.rand(batch, batch, device=device) < 0.05).float()
     weights = torch.maximum(weights, weights.T)
     on_cuda = device.startswith("cuda")
+    torch.backends.cudnn.benchmark = on_cuda  # as pretrain sets it
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and amp):

@@ -267,6 +267,7 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     encoder.to(device)
     if on_cuda:
         encoder.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     model = image_feature_module(encoder)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
