@@ -64,6 +64,9 @@ class Rig:
         self.reset_cli = n.create_client(Trigger, "/arm_command_node/reset_estop")
         n.create_subscription(Float64MultiArray, "/forward_position_controller/commands", self._on_arm, 100)
         n.create_subscription(Float64MultiArray, "/gripper_controller/commands", self._on_grip, 100)
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.diagnostics = []
+        n.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
         n.create_timer(0.01, self._plant)
         n.create_timer(1 / 30, self._camera)
         self.JointState, self.Image, self.JointTrajectory, self.Bool, self.Trigger = \
@@ -322,6 +325,14 @@ def test_estop_latches_until_reset_then_reanchors(rig):
     rig.stream(far, 0.8)
     held = rig.since(t_stop + 0.3)
     assert held_constant(held, int(0.8 * RATE)), "the e-stop did not hold the arm"
+    # /diagnostics says so, with the counters the operator needs.
+    from diagnostic_msgs.msg import DiagnosticStatus
+    status = [s for d in rig.diagnostics for s in d.status if "safety" in s.name][-1]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.ERROR and "e-stop" in status.message and values["estop"] == "True"
+    assert float(values["command_rate_hz"]) > RATE / 2 and int(values["commands_sent"]) > 50
+    assert {"latency_p50_ms", "latency_p99_ms", "clamped_velocity", "clamped_max_step", "rejected_chunks",
+            "joint_state_rate_hz", "camera_rate_hz", "chunk_rate_hz"} <= set(values)
     hold_pos = held[-1][1]
     assert np.abs(hold_pos - far).max() > 0.3
     res = rig.reset_estop()

@@ -284,7 +284,8 @@ class ArmCommandNode(Node):
                        "holding": bool(self.hold_reasons), "rejected_chunks": self.rejected_chunks,
                        "dropped_steps": self.ensembler.dropped_steps, "commands_sent": self.sent,
                        "hold_ticks": self.hold_ticks})
-        values.update({f"clamped_{k}": v for k, v in self.filter.counts.items()})
+        values.update({f"clamped_{k}": v for k, v in self.filter.counts.items() if k != "rejected"})
+        values["rejected_targets"] = self.filter.counts["rejected"]
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: safety", hardware_id="arm",
                                   message="; ".join(self.hold_reasons) or "following the policy",
                                   values=key_values(values))
