@@ -144,18 +144,3 @@ def test_triton_kernel_in_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     done = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_cuda_matches_cpu(backend, monkeypatch):
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    if backend == "torch":
-        monkeypatch.setenv("CLASS_ROS_DTW_GPU", "torch")
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(300, 16, 10)).astype(np.float32)
-    y = rng.normal(size=(77, 16, 10)).astype(np.float32)
-    np.testing.assert_allclose(pairwise_dtw(x, device="cuda"), pairwise_dtw(x), rtol=REL, atol=1e-5)
-    np.testing.assert_allclose(pairwise_dtw(x, y, device="cuda"), pairwise_dtw(x, y), rtol=REL, atol=1e-5)
