@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from test_pretrain import positives_of, synthetic, tiny_config
@@ -16,7 +17,6 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from class_ros.data.store import EpisodeStore
     from class_ros.encoder.model import ObservationEncoder
     from training.pretrain import contrastive_loss, image_feature_module, pretrain
 
@@ -87,7 +87,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     grads = np.concatenate([p.grad.flatten().numpy() for p in encoder.parameters()])
     assert np.abs(grads).max() > 0
     for r in ranks:
-        assert float(r["loss"]) == pytest_approx(value)
+        assert float(r["loss"]) == pytest.approx(value, rel=1e-5, abs=1e-6)
         np.testing.assert_allclose(r["grads"], grads, rtol=1e-4, atol=1e-7)
 
     # (b) pretrain's first loss: each rank drew its own frames; the loss covers both ranks' frames.
@@ -99,9 +99,5 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
         z = encoder.image_features({"cam": torch.from_numpy(store.read("obs/cam", idx))}, train=True)
         want = soft_infonce(z, torch.from_numpy(positives.batch_weights(idx)), cfg.temperature).item()
     for r in ranks:
-        assert float(r["loss_first"]) == pytest_approx(want)
+        assert float(r["loss_first"]) == pytest.approx(want, rel=1e-5, abs=1e-6)
 
-
-def pytest_approx(x):
-    import pytest
-    return pytest.approx(x, rel=1e-5, abs=1e-6)
