@@ -100,7 +100,14 @@ def test_pretraining_makes_positives_nearest_neighbours(tmp_path):
     assert after > 0.3 and after > 4 * before, (before, after)
     assert summary["loss_last"] < summary["loss_first"] - 1.0
     assert summary["rows_with_positives"] > 0.5
-    assert (tmp_path / "run" / "tb").is_dir()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"loss", "lr", "rows_with_positives", "mean_positive_weight"} <= set(tags)
+    assert len(events.Scalars("loss")) == cfg.steps
+    lrs = [e.value for e in events.Scalars("lr")]
+    assert lrs[0] < lrs[cfg.warmup_steps] and lrs[-1] < 0.05 * max(lrs)  # warm-up, then cosine decay
 
 
 def test_resume_continues_exactly(tmp_path):
