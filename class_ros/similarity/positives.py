@@ -32,11 +32,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from numba import njit, parallel_chunksize, prange
+from numba import njit, parallel_chunksize
 
 from class_ros.errors import ClassRosError
-from class_ros.similarity.dtw import (LANES, PARALLEL_CHUNK, _INF, check_sequences, dtw_tile, local_cost, pad_dims, put_lane,
-                                      to_lanes)
+from class_ros.similarity.dtw import check_sequences
+from class_ros.similarity.kernels import LANES, PARALLEL_CHUNK, candidate_rows, pad_dims, rows_vs_cols, to_lanes
 
 FORMAT = "class_ros.positives.v1"
 BLOCK_ELEMENTS = 1 << 23  # rows per block * N: a 32 MB float32 scratch of candidate distances
@@ -150,63 +150,6 @@ def _batch_weights(indptr, indices, weight, idx):
 
 # ---------------------------------------------------------------- kernels
 @njit(cache=True)
-def _tile_bound(xi, ty):
-    """Smallest corner lower bound over a tile's lanes: every warping path starts at (0, 0) and ends
-    at (T-1, T-1), so dtw >= cost(0, 0) + cost(T-1, T-1), summed exactly as the kernel sums."""
-    T = xi.shape[0]
-    lowest = _INF
-    for lane in range(LANES):
-        lb = local_cost(xi[0], ty[:, 0, lane])
-        if T > 1:
-            lb = lb + local_cost(xi[T - 1], ty[:, T - 1, lane])
-        lowest = min(lowest, lb)
-    return lowest
-
-
-@njit(cache=True, parallel=True)
-def _candidate_rows(x, ty, row0, thr, out):
-    """out[r, j] = dtw(i, j), i = row0 + r, for j > i when it is <= thr, else inf.
-
-    x: (N, T, D4); ty: the same sequences as lane-major tiles (to_lanes); out: (R, N) float32.
-    A tile is skipped when none of its lanes can come under thr by the corner bound, and abandoned
-    inside the kernel once all its DP row minima exceed thr.
-    """
-    N, T, D = x.shape
-    for r in prange(out.shape[0]):
-        i = row0 + np.int64(r)
-        buf = np.zeros((3 * T + 1, LANES), np.float32)
-        res = np.empty(LANES, np.float32)
-        orow = out[r]
-        orow[:] = _INF
-        for b in range((i + 1) // LANES, ty.shape[0]):
-            if thr < _INF and _tile_bound(x[i], ty[b]) > thr:
-                continue
-            dtw_tile(x[i], ty[b], thr, buf, res)
-            for lane in range(LANES):
-                j = b * LANES + lane
-                if i < j < N and res[lane] <= thr:
-                    orow[j] = res[lane]
-
-
-@njit(cache=True, parallel=True)
-def _rows_vs_cols(x, rows, cols, out):
-    """out[r, c] = dtw(rows[r], cols[r, c]); x (N, T, D4), rows (R,), cols (R, C), out (R, C) float32."""
-    N, T, D = x.shape
-    C = cols.shape[1]
-    for r in prange(len(rows)):
-        ty = np.zeros((D, T, LANES), np.float32)
-        buf = np.zeros((3 * T + 1, LANES), np.float32)
-        res = np.empty(LANES, np.float32)
-        for c0 in range(0, C, LANES):
-            n = min(LANES, C - c0)
-            for lane in range(n):
-                put_lane(ty, lane, x[cols[r, c0 + lane]])
-            dtw_tile(x[rows[r]], ty, _INF, buf, res)
-            for lane in range(n):
-                out[r, c0 + lane] = res[lane]
-
-
-@njit(cache=True)
 def _build_csr(n, pi, pj, pd, pw):
     """Symmetric CSR from ranked pairs (pi < pj); each row's partners end up sorted by index."""
     counts = np.zeros(n + 1, np.int64)
@@ -265,7 +208,7 @@ def sample_distances(x: np.ndarray, n_pairs: int, rng: np.random.Generator) -> n
     cols += cols >= rows[:, None]  # skip the diagonal, uniform over the other N-1
     out = np.empty((R, C), np.float32)
     with parallel_chunksize(PARALLEL_CHUNK):
-        _rows_vs_cols(x, rows.astype(np.int64), cols.astype(np.int64), out)
+        rows_vs_cols(x, rows.astype(np.int64), cols.astype(np.int64), out)
     return out
 
 
@@ -326,7 +269,7 @@ def _collect(x, thr: float, expected: int, progress: bool, desc: str) -> _Grow:
     for row0 in range(0, N - 1, rows_per_block):
         R = min(rows_per_block, N - 1 - row0)
         with parallel_chunksize(PARALLEL_CHUNK):
-            _candidate_rows(x, ty, row0, thr32, out[:R])
+            candidate_rows(x, ty, row0, thr32, out[:R])
         r, j = np.nonzero(out[:R] <= thr32)  # row-major: (i, j) order
         found.extend(r + row0, j, out[:R][r, j])
         if bar is not None:
