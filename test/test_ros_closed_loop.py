@@ -247,3 +247,44 @@ def test_closed_loop_trained_run_lifts_and_random_run_does_not(demos, trained_ru
     rand = run_closed_loop(random_run, "lift", "fixed", seeds=seeds[:3])
     print(json.dumps({k: v for k, v in rand.items() if k != "latency_ms"}))
     assert rand["successes"] == 0, rand["episodes"]
+
+
+def test_policy_node_diffusion_reads_image_and_joint_state(demos, random_run):
+    """The diffusion path: policy_node reads ~/image + /joint_states itself and stamps chunks with the frame."""
+    from sensor_msgs.msg import Image, JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    from class_ros.nodes import topology
+    from class_ros.nodes.graph import start_in_process
+    from class_ros.sim.robot import JOINT_NAMES
+    from training.demo import merged_config
+    from training.finetune import finetune
+
+    cfg = merged_config({"base": "training/configs/finetune_cpu.yaml",
+                         "overrides": {"steps": 2, "batch_size": 8, "warmup_steps": 1, "save_every": 100}})
+    run = demos / "diffusion_run"
+    finetune(demos / "dataset", str(random_run), run, cfg, device="cpu", progress=False)
+    spec = next(s for s in topology.graph("diffusion") if s.name == "policy_node")
+    with start_in_process([spec], extra={"run_dir": str(run), "policy": "diffusion"}):
+        probe = Probe({"chunk": (JointTrajectory, "/policy_node/action_chunk")})
+        try:
+            img_pub = probe.publisher(Image, "/camera_node/image", sensor=True)
+            js_pub = probe.publisher(JointState, "/joint_states", sensor=True)
+            img = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+            for i in range(100):
+                js = JointState(name=list(JOINT_NAMES), position=[0.0, 0.3, 1.3, 1.54, 0.0, 0.0, 0.0])
+                js.header.stamp = stamp(700 + i)
+                js_pub.publish(js)
+                msg = Image(height=96, width=96, encoding="rgb8", step=288, data=img.tobytes())
+                msg.header.stamp = stamp(700 + i, 5)
+                img_pub.publish(msg)
+                if probe.wait("chunk", 1, timeout=0.3):
+                    break
+            assert probe.got["chunk"], "the diffusion policy_node published no chunk"
+            chunk = probe.got["chunk"][0]
+            assert chunk.header.stamp.sec >= 700 and chunk.header.stamp.nanosec == 5
+            assert list(chunk.joint_names) == list(JOINT_NAMES)
+            assert len(chunk.points) == 9  # n_action_steps + 1
+            assert np.all(np.isfinite([p.positions for p in chunk.points]))
+        finally:
+            probe.close()

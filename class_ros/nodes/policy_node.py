@@ -22,7 +22,7 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from class_ros.errors import ClassRosError
-from class_ros.nodes.common import RateMeter, declare, key_values, require, run_node, stamp_to_sec
+from class_ros.nodes.common import RateMeter, declare, key_values, now_sec, require, run_node, stamp_to_sec
 from class_ros.nodes.observation import JointStateBuffer, image_to_array, image_to_feature
 
 POLICIES = ("retrieval", "diffusion")
@@ -64,6 +64,9 @@ class PolicyNode(LifecycleNode):
                                             "retrieval OOD gate: max 1 - cos to the nearest demo frame (>= 1: off)",
                                             True)
         p["poll_hz"] = declare(self, "poll_hz", 200.0, "how often the timer looks for a new observation", True)
+        p["replan_period"] = declare(self, "replan_period", 0.0,
+                                     "seconds between chunks (0: a chunk for every new observation; the run's "
+                                     "n_action_steps / rate: execute each chunk open loop, as in the paper)", True)
         p["autostart"] = declare(self, "autostart", True, "configure and activate at start-up", True)
         p["joint_states_topic"] = declare(self, "joint_states_topic", "/joint_states", "joint states (diffusion)", True)
         require(p["policy"] in POLICIES, f"policy must be one of {POLICIES}, got {p['policy']!r}.")
@@ -71,6 +74,7 @@ class PolicyNode(LifecycleNode):
         require(len(names) > 0 and all(names) and len(set(names)) == len(names),
                 f"action_names must be a list of distinct non-empty names, got {names}.")
         require(p["poll_hz"] > 0, f"poll_hz must be positive, got {p['poll_hz']}.")
+        require(p["replan_period"] >= 0, f"replan_period must be >= 0, got {p['replan_period']}.")
         self.p = p
         self.error = ""  # why the last configure failed
         self.policy = None
@@ -80,6 +84,7 @@ class PolicyNode(LifecycleNode):
         self.rate = RateMeter()
         self.latest = {}  # input name -> newest message
         self.done_stamp = None
+        self.last_sent = -float("inf")  # node-clock time of the last chunk
         self.group = MutuallyExclusiveCallbackGroup()
         self.chunk_pub = self.create_publisher(JointTrajectory, "~/action_chunk", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -114,6 +119,7 @@ class PolicyNode(LifecycleNode):
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.policy.reset()
         self.done_stamp = None
+        self.last_sent = -float("inf")
         self.active = True
         if self.timer is None:
             self.timer = self.create_timer(1.0 / self.p["poll_hz"], self._tick, callback_group=self.group)
@@ -160,6 +166,8 @@ class PolicyNode(LifecycleNode):
     def _tick(self) -> None:
         if not self.active or self.policy is None:
             return
+        if now_sec(self) - self.last_sent < self.p["replan_period"]:
+            return
         if self.p["policy"] == "retrieval":
             msg = self.latest.get("embedding")
             if msg is None or stamp_to_sec(msg.header.stamp) == self.done_stamp:
@@ -190,6 +198,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warn(self.gated, throttle_duration_sec=2.0)
             return
         self.chunk_pub.publish(chunk_message(chunk[: self.n_steps + 1], self.policy.action_names, header, self.dt))
+        self.last_sent = now_sec(self)
         self.rate.tick()
 
     def _publish_diagnostics(self) -> None:
