@@ -159,17 +159,26 @@ def positives_csr(i, j, d, k: int, n: int):
     """Candidate pairs (tensors, (i, j) order) -> the k best by (d, i, j) as a symmetric CSR, on their device.
 
     Returns numpy (indptr int64, indices int32, distance float32, weight float32) and the k-th distance.
+    Written to keep device memory near 40 bytes per kept pair (N = 200k, quantile 0.025: 5e8 pairs).
     """
     import torch
     order = torch.sort(d, stable=True).indices[:k]  # stable: (i, j) order among equal distances
-    pi, pj, pd = i[order].long(), j[order].long(), d[order]
+    pi, pj, pd = i[order], j[order], d[order]
     del order
-    pw = torch.ones(1, device=d.device) if k == 1 else 1.0 - torch.arange(k, device=d.device, dtype=torch.float64) / (k - 1)
-    rows, cols = torch.cat([pi, pj]), torch.cat([pj, pi])
-    perm = torch.argsort(rows * n + cols)  # keys are unique: row-major, columns sorted
-    indices = cols[perm].int().cpu().numpy()
-    distance = torch.cat([pd, pd])[perm].float().cpu().numpy()
-    weight = torch.cat([pw, pw])[perm].float().cpu().numpy()
+    rows, cols = torch.cat([pi, pj]), torch.cat([pj, pi])  # entry e < k is pair e, entry k + e its mirror
+    del pi, pj
+    perm = torch.argsort(rows.long() * n + cols.long())  # keys are unique: row-major, columns sorted
+    counts = torch.bincount(rows.long(), minlength=n)
+    del rows
+    indices = cols[perm].cpu().numpy()
+    del cols
+    rank = perm % k
+    del perm
+    distance = pd[rank].cpu().numpy()
+    if k == 1:
+        weight = np.ones(len(distance), np.float32)
+    else:
+        weight = (1.0 - rank.double() / (k - 1)).float().cpu().numpy()
     indptr = np.zeros(n + 1, np.int64)
-    indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0).cpu().numpy()
-    return indptr, indices, distance, weight, float(pd[-1])
+    indptr[1:] = torch.cumsum(counts, 0).cpu().numpy()
+    return indptr, indices.astype(np.int32, copy=False), distance, weight, float(pd[-1])
