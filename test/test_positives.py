@@ -55,6 +55,30 @@ def test_sampled_threshold_on_smooth_chunks():
     assert pos.passes == 1 and np.array_equal(pos.dense(), W)
 
 
+def test_box_bound_is_a_lower_bound_that_prunes():
+    from class_ros.similarity.kernels import BOUND_SLACK, LANES, box_bound, pad_dims, to_lanes
+    rng = np.random.default_rng(2)
+    n = LANES * 20
+    # Demonstration-like chunks move little within 16 steps: slow sines (a tenth of a cycle per chunk).
+    t = np.linspace(0, 0.6, 16)[None, :, None]
+    slow = np.sin(rng.uniform(0, 6, (n, 1, 10)) + rng.uniform(0.5, 1.0, (n, 1, 10)) * t).astype(np.float32)
+    noise = rng.normal(size=(n, 16, 10)).astype(np.float32)
+    for x, must_prune in ((slow, 0.5), (noise, 0.0)):
+        x4 = pad_dims(x)
+        tiles = to_lanes(x4)
+        dist = pairwise_dtw(x[:10], x)
+        thr = np.quantile(dist, 0.025)
+        pruned = 0
+        for i in range(10):
+            lo, hi = x4[i].min(0), x4[i].max(0)
+            lb = np.empty(LANES, np.float32)
+            for b in range(len(tiles)):
+                box_bound(lo, hi, tiles[b], lb)
+                assert np.all(lb * BOUND_SLACK <= dist[i, b * LANES:(b + 1) * LANES])
+                pruned += np.sum(lb * BOUND_SLACK > thr)
+        assert pruned / dist.size >= must_prune
+
+
 @pytest.mark.parametrize("n,quantile,k", [(1, 0.5, 0), (2, 0.5, 0), (2, 1.0, 1), (10, 0.025, 1), (10, 0.05, 2),
                                           (30, 0.0, 0), (12, 1.0, 66)])
 def test_edge_cases_k0_k1_k2_all(n, quantile, k):

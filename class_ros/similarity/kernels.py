@@ -6,7 +6,7 @@ inner loop runs over lanes and vectorises; no Python and no per-pair loop inside
 consumed 4 per pass (pad_dims appends zero dims), so the running local cost is loaded and stored
 once per 4 dims. The local cost is the direct sum of squared differences (see dtw.py for why).
 Every lane does the same float32 operations, so a pair's distance does not depend on which lane or
-call computed it, and the corner bound below reuses the kernel's own arithmetic exactly.
+call computed it (exact ties stay exact).
 """
 from __future__ import annotations
 
@@ -30,17 +30,6 @@ def pad_dims(x: np.ndarray) -> np.ndarray:
     out = np.zeros((*x.shape[:-1], D4), np.float32)
     out[..., :D] = x
     return out
-
-
-@njit(cache=True, inline="always")
-def local_cost(a, b):
-    """|a - b|^2 of two (D4,) float32 vectors, in the kernel's exact summation order."""
-    acc = _ZERO
-    for d in range(0, a.shape[0], 4):
-        e0, e1, e2, e3 = a[d] - b[d], a[d + 1] - b[d + 1], a[d + 2] - b[d + 2], a[d + 3] - b[d + 3]
-        g = ((e0 * e0 + e1 * e1) + e2 * e2) + e3 * e3
-        acc = g if d == 0 else acc + g
-    return acc
 
 
 @njit(cache=True)
@@ -151,18 +140,29 @@ def pairwise_rows(x, ty, out, symmetric):
 
 
 # ---------------------------------------------------------------- positives search
+# A computed bound may exceed the computed distance by float32 rounding (both are sums of a few
+# hundred non-negative terms, each side off by at most ~1.5e-5 relative); prune only beyond this.
+BOUND_SLACK = np.float32(1.0 - 1e-4)
+
+
 @njit(cache=True)
-def tile_bound(xi, ty):
-    """Smallest corner lower bound over a tile's lanes: every warping path starts at (0, 0) and ends
-    at (T-1, T-1), so dtw >= cost(0, 0) + cost(T-1, T-1), summed exactly as the kernel sums."""
-    T = xi.shape[0]
-    lowest = _INF
+def box_bound(lo, hi, ty, lb):
+    """lb[lane] = sum over t of the squared distance from y_lane[t] to the box [lo, hi] (D4,).
+
+    With the box spanning x_i's values, this is a lower bound of dtw(x_i, y_lane) (LB_Keogh with an
+    unlimited window): every y_t is matched to some x_s on the path, and x_s lies in the box.
+    ty: (D4, T, LANES) tile; lb: (LANES,) output.
+    """
+    D, T, _ = ty.shape
     for lane in range(LANES):
-        lb = local_cost(xi[0], ty[:, 0, lane])
-        if T > 1:
-            lb = lb + local_cost(xi[T - 1], ty[:, T - 1, lane])
-        lowest = min(lowest, lb)
-    return lowest
+        lb[lane] = _ZERO
+    for d in range(D):
+        low, high = lo[d], hi[d]
+        for t in range(T):
+            for lane in range(LANES):
+                y = ty[d, t, lane]
+                e = max(low - y, y - high, _ZERO)
+                lb[lane] += e * e
 
 
 @njit(cache=True, parallel=True)
@@ -170,24 +170,56 @@ def candidate_rows(x, ty, row0, thr, out):
     """out[r, j] = dtw(i, j), i = row0 + r, for j > i when it is <= thr, else inf.
 
     x: (N, T, D4); ty: the same sequences as lane-major tiles (to_lanes); out: (R, N) float32.
-    A tile is skipped when none of its lanes can come under thr by the corner bound, and abandoned
-    inside the kernel once all its DP row minima exceed thr.
+    With a finite thr, each lane's box bound is checked first and only the survivors are packed into
+    a tile of their own for the kernel, which also abandons a tile once all its DP row minima exceed
+    thr. Without one, tiles go to the kernel as they are.
     """
     N, T, D = x.shape
     for r in prange(out.shape[0]):
         i = row0 + np.int64(r)
         buf = np.zeros((3 * T + 1, LANES), np.float32)
         res = np.empty(LANES, np.float32)
+        lb = np.empty(LANES, np.float32)
+        pend = np.zeros((D, T, LANES), np.float32)  # survivors waiting for a full tile
+        pend_j = np.empty(LANES, np.int64)
+        lo = np.empty(D, np.float32)
+        hi = np.empty(D, np.float32)
+        for d in range(D):
+            lo[d], hi[d] = x[i, 0, d], x[i, 0, d]
+            for s in range(1, T):
+                lo[d] = min(lo[d], x[i, s, d])
+                hi[d] = max(hi[d], x[i, s, d])
         orow = out[r]
         orow[:] = _INF
+        fill = 0
         for b in range((i + 1) // LANES, ty.shape[0]):
-            if thr < _INF and tile_bound(x[i], ty[b]) > thr:
+            if thr == _INF:
+                dtw_tile(x[i], ty[b], thr, buf, res)
+                for lane in range(LANES):
+                    j = b * LANES + lane
+                    if i < j < N:
+                        orow[j] = res[lane]
                 continue
-            dtw_tile(x[i], ty[b], thr, buf, res)
+            box_bound(lo, hi, ty[b], lb)
             for lane in range(LANES):
                 j = b * LANES + lane
-                if i < j < N and res[lane] <= thr:
-                    orow[j] = res[lane]
+                if i < j < N and lb[lane] * BOUND_SLACK <= thr:
+                    for d in range(D):
+                        for t in range(T):
+                            pend[d, t, fill] = ty[b, d, t, lane]
+                    pend_j[fill] = j
+                    fill += 1
+                    if fill == LANES:
+                        dtw_tile(x[i], pend, thr, buf, res)
+                        for k in range(LANES):
+                            if res[k] <= thr:
+                                orow[pend_j[k]] = res[k]
+                        fill = 0
+        if fill > 0:  # lanes past `fill` hold stale sequences: computed, then ignored
+            dtw_tile(x[i], pend, thr, buf, res)
+            for k in range(fill):
+                if res[k] <= thr:
+                    orow[pend_j[k]] = res[k]
 
 
 @njit(cache=True, parallel=True)
