@@ -117,9 +117,17 @@ def positives_child(n: int, quantile: float, device: str, data: str) -> dict:
     pos = dtw_positives(x, quantile, device=device)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, n, 160) for _ in range(200)]
+    pos.batch_weights(batches[0])
+    t1 = time.perf_counter()
+    for idx in batches:
+        pos.batch_weights(idx)
+    batch_us = (time.perf_counter() - t1) / len(batches) * 1e6
     return {"n": n, "quantile": quantile, "device": device, "data": data, "seconds": wall, "cpu_seconds": cpu,
             "pairs_per_s": n * (n - 1) / 2 / wall, "peak_rss_mb": peak, "rss_before_mb": rss_before,
-            "positive_pairs": pos.n_pairs, "threshold": pos.threshold, "passes": pos.passes}
+            "positive_pairs": pos.n_pairs, "threshold": pos.threshold, "passes": pos.passes,
+            "batch_weights_us_b160": batch_us}
 
 
 def bench_positives(n: int, quantile: float, device: str, data: str) -> dict:
@@ -185,7 +193,8 @@ def main(argv=None) -> int:
         else:
             print(f"  N = {n:>7}: {r['seconds']:8.1f} s wall, {r['cpu_seconds']:8.1f} CPU-s  ({r['pairs_per_s'] / 1e6:6.2f} M pairs/s)  peak RSS "
                   f"{r['peak_rss_mb']:7.0f} MB  ({r['positive_pairs']} pairs, threshold {r['threshold']:.4g}, "
-                  f"{r['passes']} pass{'es' if r['passes'] > 1 else ''})", flush=True)
+                  f"{r['passes']} pass{'es' if r['passes'] > 1 else ''}); batch_weights(B=160) "
+                  f"{r['batch_weights_us_b160']:.0f} us", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2))
