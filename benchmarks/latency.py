@@ -68,10 +68,11 @@ def bench_graph(run_dir: Path, frames: int, processes: bool) -> dict:
     """Latency samples from the sim + policy graph until `frames` chunks reached the arm."""
     from class_ros.nodes.graph import run_closed_loop
 
-    # One long episode; latency samples come one per chunk, i.e. per camera frame (30 Hz).
+    # One long episode with a chunk for every camera frame (replan_period 0), so there is one latency
+    # sample per frame (30 Hz).
     seconds = frames / 30.0 * 1.3 + 5.0
     res = run_closed_loop(run_dir, task="lift", camera="fixed", episodes=1, seed=0, processes=processes,
-                          episode_seconds=seconds)
+                          episode_seconds=seconds, node_params={"policy_node": {"replan_period": 0.0}})
     lat = np.array(res["latency_ms"][:frames])
     return {"frames": int(len(lat)), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "mode": res["mode"]}

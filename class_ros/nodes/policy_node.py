@@ -8,6 +8,8 @@ configure: load the run (retrieval index or diffusion model), check its action k
 the parameters, warm it up. activate: publish chunks. deactivate: stop publishing.
 Retrieval reads `~/embedding` (embedding_node); diffusion reads `~/image` and /joint_states itself.
 Chunks carry the observation's stamp; point k is due at stamp + k * dt (dt = 1 / the run's control rate).
+By default a new chunk follows every (n_action_steps - 1) steps, so each chunk runs open loop as the
+method executes it; `replan_period:=0` sends one per new observation for arm_command_node to blend.
 The retrieval confidence gate: when the nearest demonstration is further than `max_nearest_distance`
 (1 - cos), no chunk is sent (the arm holds after its chunk timeout) and /diagnostics says why.
 """
@@ -64,9 +66,9 @@ class PolicyNode(LifecycleNode):
                                             "retrieval OOD gate: max 1 - cos to the nearest demo frame (>= 1: off)",
                                             True)
         p["poll_hz"] = declare(self, "poll_hz", 200.0, "how often the timer looks for a new observation", True)
-        p["replan_period"] = declare(self, "replan_period", 0.0,
-                                     "seconds between chunks (0: a chunk for every new observation; the run's "
-                                     "n_action_steps / rate: execute each chunk open loop, as in the paper)", True)
+        p["replan_period"] = declare(self, "replan_period", -1.0,
+                                     "seconds between chunks: < 0 = (n_action_steps - 1) / the run's rate (each chunk "
+                                     "runs open loop, as the method executes it), 0 = a chunk per new observation", True)
         p["autostart"] = declare(self, "autostart", True, "configure and activate at start-up", True)
         p["joint_states_topic"] = declare(self, "joint_states_topic", "/joint_states", "joint states (diffusion)", True)
         require(p["policy"] in POLICIES, f"policy must be one of {POLICIES}, got {p['policy']!r}.")
@@ -74,7 +76,6 @@ class PolicyNode(LifecycleNode):
         require(len(names) > 0 and all(names) and len(set(names)) == len(names),
                 f"action_names must be a list of distinct non-empty names, got {names}.")
         require(p["poll_hz"] > 0, f"poll_hz must be positive, got {p['poll_hz']}.")
-        require(p["replan_period"] >= 0, f"replan_period must be >= 0, got {p['replan_period']}.")
         self.p = p
         self.error = ""  # why the last configure failed
         self.policy = None
@@ -112,8 +113,11 @@ class PolicyNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.dt = 1.0 / self.policy.control_rate_hz
         self.n_steps = int(self.policy.n_action_steps)
+        # One step of overlap between consecutive chunks absorbs the observation-to-command latency.
+        period = self.p["replan_period"]
+        self.replan_period = (self.n_steps - 1) * self.dt if period < 0 else period
         self.get_logger().info(f"loaded {self.p['policy']} run {self.p['run_dir']}: {self.n_steps} steps per chunk "
-                               f"at {self.policy.control_rate_hz} Hz")
+                               f"at {self.policy.control_rate_hz} Hz, a new chunk every {self.replan_period:.2f} s")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> TransitionCallbackReturn:
@@ -166,7 +170,7 @@ class PolicyNode(LifecycleNode):
     def _tick(self) -> None:
         if not self.active or self.policy is None:
             return
-        if now_sec(self) - self.last_sent < self.p["replan_period"]:
+        if now_sec(self) - self.last_sent < self.replan_period:
             return
         if self.p["policy"] == "retrieval":
             msg = self.latest.get("embedding")
