@@ -149,7 +149,10 @@ def build_policy(full: bool, device: str):
     cfg = DiffusionConfig(unet=UNetConfig() if full else UNetConfig.cpu())
     norm = MinMaxNormalizer(np.full(7, -1.5), np.full(7, 1.5))
     info = {"action_names": [f"j{i}" for i in range(7)], "action_kind": "joint_position", "control_rate_hz": 10.0}
-    return DiffusionPolicy(enc, cfg, norm, info).to(device).eval()
+    policy = DiffusionPolicy(enc, cfg, norm, info).to(device).eval()
+    if device.startswith("cuda"):
+        policy.encoder.to(memory_format=torch.channels_last)  # as training/finetune.py does on GPUs
+    return policy
 
 
 def latency(policy, kind: str, steps: int, repeats: int, warmup: int = 3) -> dict:
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                "device": torch.cuda.get_device_name() if on_cuda else "cpu", "models": {}}
     if on_cuda:
         torch.backends.cudnn.benchmark = True
-        repeats, train_steps = (30, 10) if args.quick else (200, 30)
+        repeats, train_steps = (30, 10) if args.quick else (100, 20)
         results["models"]["cpu_preset"] = run_model("CPU preset", False, args.device, repeats, train_steps, True)
         try:
             results["models"]["full"] = run_model("full size", True, args.device, repeats, train_steps, True)
