@@ -70,7 +70,7 @@ def bench_graph(run_dir: Path, frames: int, processes: bool) -> dict:
 
     # One long episode with a chunk for every camera frame (replan_period 0), so there is one latency
     # sample per frame (30 Hz).
-    seconds = frames / 30.0 * 1.3 + 5.0
+    seconds = frames / 30.0 * 2.0 + 5.0  # frames are dropped (best-effort QoS) when the CPUs are busy
     res = run_closed_loop(run_dir, task="lift", camera="fixed", episodes=1, seed=0, processes=processes,
                           episode_seconds=seconds, node_params={"policy_node": {"replan_period": 0.0}})
     lat = np.array(res["latency_ms"][:frames])

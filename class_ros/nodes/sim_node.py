@@ -142,7 +142,7 @@ class SimNode(Node):
         cam_period = 1.0 / self.p["camera_rate_hz"]
         next_tick = next_frame = time.monotonic()
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self.context.ok():
                 now = time.monotonic()
                 if now >= next_frame:
                     self._camera()
@@ -153,6 +153,9 @@ class SimNode(Node):
                     # Behind by more than a few ticks (a busy machine): drop them rather than race.
                     next_tick = max(next_tick + self.dt, now - 3 * self.dt)
                 time.sleep(max(0.0, min(next_tick, next_frame) - time.monotonic()))
+        except Exception:  # noqa: BLE001 - publishing fails once Ctrl-C has shut the context down
+            if self.context.ok() and not self._stop.is_set():
+                raise
         finally:
             self.env.close()  # the renderer's GL context goes with the thread that owns it
 
