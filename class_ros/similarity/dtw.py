@@ -11,8 +11,7 @@ cores share the rows. `device="cuda"` uses the GPU kernels (dtw_triton.py, or dt
 Local cost: the direct sum of squared differences. The |a|^2 + |b|^2 - 2 a.b expansion was measured
 no faster here once dims go 4 per pass, and in float32 it cancels catastrophically on close pairs
 (3e-4 relative error on demonstration chunks, whose close pairs are exactly the positives); the
-direct form stays within ~1e-6 of a float64 reference, gives exactly 0 on identical inputs, and lets
-the positives search's corner bound reuse the kernel's own arithmetic.
+direct form stays within ~1e-6 of a float64 reference and gives exactly 0 on identical inputs.
 
 Usage:
     d = dtw_distance(a, b)              # a, b: (T, D)
