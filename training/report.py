@@ -433,15 +433,26 @@ def _gather_positives(demo, cfg, inputs, rng) -> None:
     cross = episode[pos["indices"]] != episode[rows]
     # Anchors whose positives include other episodes (other camera poses) show the point of the method;
     # neighbouring frames of one episode are positives too, but trivially so.
-    eligible = np.unique(rows[cross]) if cross.any() else np.unique(rows)
+    if cross.any():
+        # Rows whose positives span the most other episodes show the most camera poses.
+        pairs = np.unique(np.stack([rows[cross], episode[pos["indices"][cross]]]), axis=1)
+        n_views = np.bincount(pairs[0], minlength=store.n_frames)
+        eligible = np.flatnonzero(n_views >= min(n_pos, n_views.max()))
+    else:
+        eligible = np.unique(rows)
     # Anchors spread over the dataset (so over episodes and task phases), not the most crowded rows.
     anchors = eligible[np.linspace(0, len(eligible) - 1, min(n_anchor, len(eligible))).astype(int)]
     chosen = []
     for a in anchors:
         lo, hi = pos["indptr"][a], pos["indptr"][a + 1]
         idx, w = pos["indices"][lo:hi], pos["weight"][lo:hi]
-        # Prefer positives from other episodes: they were filmed from other camera poses.
-        order = np.lexsort((-w, episode[idx] == episode[a]))[:n_pos]
+        # Prefer positives from other episodes (other camera poses), the best one per episode first:
+        # consecutive frames of one episode are near-duplicates and would fill the row with one view.
+        order = np.lexsort((-w, episode[idx] == episode[a]))  # other episodes first, then by weight
+        _, first = np.unique(episode[idx[order]], return_index=True)
+        lead = np.sort(first)  # positions in `order` of each episode's best positive ...
+        lead = lead[episode[idx[order[lead]]] != episode[a]]  # ... from the other episodes
+        order = order[np.concatenate([lead, np.setdiff1d(np.arange(len(order)), lead)])][:n_pos]
         chosen.append((idx[order], w[order]))
     k = min(len(c[0]) for c in chosen)
     key = _camera_key(store)
