@@ -58,7 +58,7 @@ PRESETS = {
               "checks that every stage runs; the numbers say nothing about the method"},
     # Diffusion inference on 2 CPU cores makes each evaluation episode several seconds: 50 episodes per
     # cell (24 cells) would take about 1.5 hours, so the quick preset evaluates 25 and says so.
-    # The demo's training settings (training/configs/demo.yaml), so a finished `make demo` is reusable.
+    # The demo's training settings (training/configs/demo.yaml), so a finished `make demo` is reused (--demo).
     "quick": {"sim_demos": {"episodes": 40}, "evaluate": {"episodes": 25},
               "pretrain": {"overrides": {"steps": 800}}, "finetune": {"overrides": {"steps": 800}},
               "note": "quick CPU preset: 40 demonstrations, small encoder, 800 training steps, "
@@ -159,6 +159,31 @@ def _stages():
                    dp_scratch, evals["dp-scratch"], dp_class, evals["dp-class"]]
 
 
+SHARED_WITH_DEMO = {"sim-demos": "bags", "convert": "dataset", "dtw": "positives.npz", "pretrain": "class_run",
+                    "index": None}
+
+
+def seed_from_demo(demo: Path, task_dir: Path, task: str) -> bool:
+    """Copy a finished demo's first five stages (outputs and stamps) into an empty task folder.
+
+    The stamps then decide: with the same settings (the quick preset uses the demo's) they are reused,
+    otherwise those stages run again as usual.
+    """
+    stamps = [demo / "stamps" / f"{name}.json" for name in SHARED_WITH_DEMO]
+    if (task_dir / "stamps").exists() or not all(p.is_file() for p in stamps):
+        return False
+    if json.loads(stamps[0].read_text())["summary"].get("task") != task:
+        return False
+    import shutil
+    (task_dir / "stamps").mkdir(parents=True)
+    for name, rel in SHARED_WITH_DEMO.items():
+        if rel is not None:
+            src, dst = demo / rel, task_dir / rel
+            shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+        shutil.copy2(demo / "stamps" / f"{name}.json", task_dir / "stamps" / f"{name}.json")
+    return True
+
+
 def cell(res: dict | None) -> dict | None:
     """An evaluation dict as {"successes", "episodes", "rate", "ci_low", "ci_high"}."""
     from training.report import _success_record, success_rows
@@ -201,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "runs" / "bench" / "camera_shift"))
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--fresh", action="store_true", help="redo every stage")
+    parser.add_argument("--demo", default=str(REPO / "runs" / "demo"),
+                        help="a finished `class-ros demo` folder whose data and CLASS run are reused when their "
+                             "settings match (the quick preset's do, for lift)")
     args = parser.parse_args(argv)
 
     from training.demo import DEMO_ENV, format_table, run_stages
@@ -217,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for task in args.tasks:
         cfg = preset_config(preset, task, device)
+        demo = Path(args.demo)
+        if not args.fresh and demo.is_dir() and seed_from_demo(demo, out / task, task):
+            print(f"camera_shift: copied the demo's data and CLASS run from {demo}; reused if the settings match")
         table, status = run_stages(out / task, cfg, _stages(), fresh=args.fresh, label=f"camera_shift {task}")
         print(format_table(table), flush=True)
         timings[task] = {r["stage"]: r["seconds"] for r in table}

@@ -32,3 +32,20 @@ def test_table_shows_rates_cis_and_gaps():
     md = camera_shift.markdown_table(results, "quick CPU preset", "x86_64, 2 CPU cores")
     assert "quick CPU preset) on x86_64, 2 CPU cores" in md
     assert f"| lift | class-retrieval | 18% (9/50) [{cell['ci_low']:.0%}, {cell['ci_high']:.0%}] | not run | not run |" in md
+
+
+def test_seed_from_demo_copies_only_a_finished_demo_of_the_same_task(tmp_path):
+    demo = tmp_path / "demo"
+    (demo / "stamps").mkdir(parents=True)
+    for name in camera_shift.SHARED_WITH_DEMO:
+        (demo / "stamps" / f"{name}.json").write_text('{"summary": {"task": "lift"}}')
+    for rel in ("bags", "dataset", "class_run"):
+        (demo / rel).mkdir()
+        (demo / rel / "x").write_text(rel)
+    (demo / "positives.npz").write_bytes(b"npz")
+    assert not camera_shift.seed_from_demo(demo, tmp_path / "pp", "pick_place")
+    assert camera_shift.seed_from_demo(demo, tmp_path / "lift", "lift")
+    assert (tmp_path / "lift" / "class_run" / "x").read_text() == "class_run"
+    assert sorted(p.name for p in (tmp_path / "lift" / "stamps").iterdir()) == sorted(
+        f"{n}.json" for n in camera_shift.SHARED_WITH_DEMO)
+    assert not camera_shift.seed_from_demo(demo, tmp_path / "lift", "lift")  # never over an existing run
