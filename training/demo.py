@@ -198,25 +198,13 @@ def _report(d: Demo) -> dict:
     return {"report": str(path), "missing_sections": missing}
 
 
-def _rate(res: dict) -> float | None:
-    """A success rate from an evaluation dict, whatever spelling the evaluator used."""
-    for k in ("success_rate", "rate"):
-        if k in res:
-            return float(res[k])
-    if "successes" in res and res.get("episodes"):
-        return res["successes"] / res["episodes"]
-    return None
-
-
 def _eval_key(s: dict) -> str:
-    return ", ".join(f"{cam} {_rate(r):.0%}" for cam, r in s.items() if _rate(r) is not None)
+    return ", ".join(f"{cam} {r['success_rate']:.0%}" for cam, r in s.items())
 
 
 def _loop_key(s: dict) -> str:
-    lat = s.get("latency_ms") or []
-    rate = _rate(s)
-    text = "" if rate is None else f"success {rate:.0%}"
-    return text + (f", p50 latency {np.percentile(lat, 50):.1f} ms" if len(lat) else "")
+    lat = s["latency_ms"]
+    return f"success {s['success_rate']:.0%}" + (f", p50 latency {np.percentile(lat, 50):.1f} ms" if lat else "")
 
 
 STAGES = [
@@ -228,7 +216,7 @@ STAGES = [
           lambda s: f"threshold {s['threshold']:.4g}, {s['pairs']} positive pairs", ["dtw"]),
     Stage("pretrain", ["training.pretrain"], 6, ["dtw"], ["class_run"], _pretrain,
           lambda s: f"loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} in {s['steps']} steps", ["pretrain"]),
-    Stage("index", ["training.index"], 6, ["pretrain"], [], _index,
+    Stage("index", ["training.index"], 6, ["pretrain"], ["class_run/index"], _index,
           lambda s: f"{s['n']} frames, {s['index_kind']} index, recall@64 {s['recall_at_64']:.2f}", []),
     Stage("evaluate", ["training.evaluate", "class_ros.policy"], 4, ["index"],
           ["eval"], _evaluate, _eval_key, ["evaluate"]),
