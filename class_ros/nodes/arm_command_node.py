@@ -6,7 +6,8 @@ Usage (venv install; with a ROS 2 distro use `ros2 launch class_ros policy.launc
 Every control tick it blends the live chunks (class_ros.control.ChunkEnsembler), passes the target
 through the safety filter and publishes it. It holds the last safe position (and keeps publishing the
 hold) when the watchdog trips or the e-stop is latched; `~/reset_estop` clears the e-stop and
-re-anchors at the measured state. Safety parameters are read-only.
+re-anchors at the measured state. An e-stop or a silent policy discards the live chunks; stale
+sensors only pause them. Safety parameters are read-only.
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ class ArmCommandNode(Node):
         index = {n: i for i, n in enumerate(msg.name)}
         missing = [n for n in self.joints if n not in index]
         if missing or len(msg.position) != len(msg.name):
-            self.get_logger().warn(f"joint_states lacks {missing or 'positions'}; ignoring it",
+            self.get_logger().warning(f"joint_states lacks {missing or 'positions'}; ignoring it",
                                    throttle_duration_sec=5.0)
             return
         q = [msg.position[index[n]] for n in self.joints]
@@ -157,7 +158,7 @@ class ArmCommandNode(Node):
             q.append(msg.position[index[g]] if g in index else (last[-1] if last is not None else 0.0))
         q = np.asarray(q, dtype=np.float64)
         if not np.all(np.isfinite(q)):
-            self.get_logger().warn("joint_states holds NaN; ignoring it", throttle_duration_sec=5.0)
+            self.get_logger().warning("joint_states holds NaN; ignoring it", throttle_duration_sec=5.0)
             return
         self.measured = q
         self.joint_state_stamp = stamp_to_sec(msg.header.stamp)
@@ -192,13 +193,13 @@ class ArmCommandNode(Node):
                     problem = "it holds NaN or infinite values"
         if problem:
             self.rejected_chunks += 1
-            self.get_logger().warn(f"rejected an action chunk: {problem}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"rejected an action chunk: {problem}", throttle_duration_sec=2.0)
             return
         t = np.array([stamp_to_sec(pt.time_from_start) for pt in msg.points])
         dt = float(t[1] - t[0]) if len(t) > 1 else self.dt
         if not dt > 0:
             self.rejected_chunks += 1
-            self.get_logger().warn("rejected an action chunk: time_from_start is not increasing",
+            self.get_logger().warning("rejected an action chunk: time_from_start is not increasing",
                                    throttle_duration_sec=2.0)
             return
         stamp = stamp_to_sec(msg.header.stamp) + float(t[0])
@@ -234,7 +235,12 @@ class ArmCommandNode(Node):
         target = None
         if reasons:
             self.hold_ticks += 1
-            self.ensembler.clear()  # stale chunks never resume after a hold
+            policy_gone = self.chunk_received is None or now - self.chunk_received > self.watchdog.chunk_timeout
+            if self.estop or policy_gone:
+                self.ensembler.clear()  # nothing of the old plan resumes after an e-stop or a dead policy
+            # A stale camera or joint state only pauses the plan: when inputs are fresh again the live
+            # chunks resume at the current time (steps that came due meanwhile are skipped), so a short
+            # blip costs no more than its own length.
         else:
             target = self.ensembler.target(now)
         if target is None:

@@ -62,7 +62,7 @@ class EmbeddingNode(Node):
 
     def _on_joint_state(self, msg: JointState) -> None:
         if not self.joints.add(msg):
-            self.get_logger().warn(f"joint_states lacks {self.joints.missing}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"joint_states lacks {self.joints.missing}", throttle_duration_sec=5.0)
 
     def _dummy_observation(self) -> dict:
         h, w = self.policy.encoder.config.image_size

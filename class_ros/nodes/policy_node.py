@@ -62,8 +62,8 @@ class PolicyNode(LifecycleNode):
         p["device"] = declare(self, "device", "cpu", "torch device", True)
         p["action_kind"] = declare(self, "action_kind", "joint_position", "action kind the robot side sends", True)
         p["action_names"] = declare(self, "action_names", [""], "action names the robot side expects, in order", True)
-        p["max_nearest_distance"] = declare(self, "max_nearest_distance", 1.0,
-                                            "retrieval OOD gate: max 1 - cos to the nearest demo frame (>= 1: off)",
+        p["max_nearest_distance"] = declare(self, "max_nearest_distance", 2.0,
+                                            "retrieval OOD gate: max 1 - cos to the nearest demo frame (2: off)",
                                             True)
         p["poll_hz"] = declare(self, "poll_hz", 200.0, "how often the timer looks for a new observation", True)
         p["replan_period"] = declare(self, "replan_period", -1.0,
@@ -199,7 +199,7 @@ class PolicyNode(LifecycleNode):
             chunk = self.policy.predict_action_chunk(obs)
             header = msgs[0].header
         if self.gated:
-            self.get_logger().warn(self.gated, throttle_duration_sec=2.0)
+            self.get_logger().warning(self.gated, throttle_duration_sec=2.0)
             return
         self.chunk_pub.publish(chunk_message(chunk[: self.n_steps + 1], self.policy.action_names, header, self.dt))
         self.last_sent = now_sec(self)

@@ -87,7 +87,7 @@ class SimNode(Node):
     def _set(self, index: slice, values) -> None:
         values = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(values)):
-            self.get_logger().warn("ignoring a command with NaN values", throttle_duration_sec=2.0)
+            self.get_logger().warning("ignoring a command with NaN values", throttle_duration_sec=2.0)
             return
         with self._lock:
             for i, v in zip(range(7)[index], values):
@@ -95,13 +95,13 @@ class SimNode(Node):
 
     def _on_arm(self, msg: Float64MultiArray) -> None:
         if len(msg.data) != 6:
-            self.get_logger().warn(f"arm commands need 6 values, got {len(msg.data)}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"arm commands need 6 values, got {len(msg.data)}", throttle_duration_sec=2.0)
             return
         self._set(slice(0, 6), msg.data)
 
     def _on_gripper(self, msg: Float64MultiArray) -> None:
         if len(msg.data) != 1:
-            self.get_logger().warn(f"gripper commands need 1 value, got {len(msg.data)}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"gripper commands need 1 value, got {len(msg.data)}", throttle_duration_sec=2.0)
             return
         self._set(slice(6, 7), msg.data)
 
@@ -110,7 +110,7 @@ class SimNode(Node):
             return
         index = {n: i for i, n in enumerate(self.names)}
         if any(n not in index for n in msg.joint_names) or len(msg.points[0].positions) != len(msg.joint_names):
-            self.get_logger().warn(f"unknown joints in trajectory {list(msg.joint_names)}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"unknown joints in trajectory {list(msg.joint_names)}", throttle_duration_sec=2.0)
             return
         for name, value in zip(msg.joint_names, msg.points[0].positions):
             self._set(slice(index[name], index[name] + 1), [value])
