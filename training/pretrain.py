@@ -274,7 +274,7 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
         model = DistributedDataParallel(model, device_ids=[local_rank] if on_cuda else None)
     optimizer = build_optimizer(encoder.parameters(), cfg)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=steps)
-    ema = EMAModel(encoder.parameters(), power=cfg.ema_power, use_ema_warmup=True)
+    ema = EMAModel(encoder.parameters(), power=cfg.ema_power, use_ema_warmup=True, foreach=True)
 
     start = 0
     if resume:
