@@ -50,7 +50,7 @@ def test_k1_returns_the_stored_chunk_exactly(run):
 
 
 def test_weighted_mean_and_sampling_follow_the_softmax(run):
-    from class_ros.policy.retrieval import RetrievalPolicy, normalize_rows
+    from class_ros.policy.retrieval import RetrievalPolicy, retrieval_features
     from training.index import embed_dataset
 
     store, path = run
@@ -58,7 +58,8 @@ def test_weighted_mean_and_sampling_follow_the_softmax(run):
     chunks = store.action_chunks(HORIZON)
     obs = frame_obs(store, 30)
     z = policy.embed(obs)
-    emb = normalize_rows(embed_dataset(policy.encoder, store, progress=False))  # brute force over all frames
+    raw = embed_dataset(policy.encoder, store, progress=False)
+    emb = retrieval_features(raw, policy.encoder.image_dim, policy.config.proprio_weight)  # brute force, all frames
     d = 1.0 - emb @ z
     near = np.argsort(d)[:5]
     w = np.exp(-(d[near] - d[near].min()) / 0.05)
@@ -164,3 +165,16 @@ def test_missing_or_damaged_index_is_refused(tmp_path, run):
     with pytest.raises(ClassRosError, match="not one of"):
         from class_ros.policy import load_policy
         load_policy(path, kind="lookup")
+
+
+def test_retrieval_features_balance_image_and_proprio():
+    from class_ros.policy.retrieval import RetrievalConfig, retrieval_features
+
+    raw = np.array([[3.0, 4.0, 0.5, -0.5, 0.5, -0.5], [0.0, 0.1, 0.0, 0.0, 0.0, 0.0]], np.float32)
+    # weight 1: unit image part (0.6, 0.8) and proprio at RMS 0.5 -> norm 0.5, then all rows to unit norm
+    want = np.array([0.6, 0.8, 0.25, -0.25, 0.25, -0.25]) / np.sqrt(1.25)
+    np.testing.assert_allclose(retrieval_features(raw, 2, 1.0)[0], want, rtol=1e-6)
+    np.testing.assert_allclose(retrieval_features(raw, 2, 0.0)[0], [0.6, 0.8, 0, 0, 0, 0], atol=1e-7)
+    np.testing.assert_allclose(retrieval_features(raw, 2, 1.0)[1], [0, 1, 0, 0, 0, 0], atol=1e-7)  # small image
+    with pytest.raises(ClassRosError, match="proprio_weight"):
+        RetrievalConfig(proprio_weight=-1.0)

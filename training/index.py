@@ -4,7 +4,8 @@ Usage:
     class-ros index --run runs/class --dataset data/sim
     class-ros index --run runs/class --dataset data/sim --k 32 --tau 0.02 --mode sample
 
-Features are the policy's observation feature (image features + normalised proprio), L2-normalised.
+Features are the policy's observation feature: unit-norm image features and the normalised proprio scaled
+by --proprio-weight, L2-normalised together (class_ros.policy.retrieval.retrieval_features).
 Up to --approx-threshold rows the index is exact (faiss inner product); above it an HNSW index is built
 and its recall@k against exact search is measured and stored. The index, the aligned action chunks and
 the settings go to RUN/index/.
@@ -41,7 +42,7 @@ def embed_dataset(encoder, store, batch_size: int = 256, device: str = "cpu", pr
 
 def build_index(run, dataset, *, k: int | None = None, tau: float | None = None, mode: str | None = None,
                 n_action_steps: int | None = None, approx_threshold: int | None = None, device: str | None = None,
-                progress: bool = True) -> dict:
+                proprio_weight: float | None = None, progress: bool = True) -> dict:
     """Embed `dataset` with the EMA encoder of `run`, build and save the faiss index; returns a summary."""
     import torch
 
@@ -49,7 +50,8 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
     from class_ros.data.store import EpisodeStore
     from class_ros.encoder.config import EncoderConfig
     from class_ros.encoder.model import ObservationEncoder
-    from class_ros.policy.retrieval import RetrievalConfig, build_faiss_index, normalize_rows, recall_at_k, save_index
+    from class_ros.policy.retrieval import (RetrievalConfig, build_faiss_index, recall_at_k, retrieval_features,
+                                           save_index)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     store = EpisodeStore.open(dataset)
@@ -57,7 +59,8 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
     if not rd.has_weights("encoder"):
         raise ClassRosError(f"{run} has no encoder weights yet; finish `class-ros pretrain` first.")
     overrides = {key: v for key, v in dict(k=k, tau=tau, mode=mode, n_action_steps=n_action_steps,
-                                           approx_threshold=approx_threshold).items() if v is not None}
+                                           approx_threshold=approx_threshold, proprio_weight=proprio_weight).items()
+                 if v is not None}
     cfg = RetrievalConfig(**overrides)
     config = rd.load_config()
     encoder = ObservationEncoder(EncoderConfig.from_dict(config["encoder"]))
@@ -65,7 +68,8 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
     encoder.to(device)
 
     t0 = time.perf_counter()
-    emb = normalize_rows(embed_dataset(encoder, store, device=device, progress=progress))  # (N, F)
+    raw = embed_dataset(encoder, store, device=device, progress=progress)
+    emb = retrieval_features(raw, encoder.image_dim, cfg.proprio_weight)  # (N, F) unit rows
     embed_s = time.perf_counter() - t0
     chunks = store.action_chunks(int(config.get("dist_horizon", 16)))  # (N, H, D) unnormalised
     frames = np.arange(store.n_frames)
@@ -90,12 +94,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-action-steps", type=int, default=None, help="steps executed per chunk (default 8)")
     parser.add_argument("--approx-threshold", type=int, default=None,
                         help="rows above which an approximate (HNSW) index is built (default 50000)")
+    parser.add_argument("--proprio-weight", type=float, default=None,
+                        help="weight of the joint state against the image part of the feature (default 1.0)")
     parser.add_argument("--device", default=None, help="torch device for embedding (default: cuda if available)")
 
 
 def run(args: argparse.Namespace) -> int:
     s = build_index(args.run, args.dataset, k=args.k, tau=args.tau, mode=args.mode,
-                    n_action_steps=args.n_action_steps, approx_threshold=args.approx_threshold, device=args.device)
+                    n_action_steps=args.n_action_steps, approx_threshold=args.approx_threshold, device=args.device,
+                    proprio_weight=args.proprio_weight)
     k = s["config"]["k"]
     print(f"index: {s['n']} frames, {s['dim']}-d features, {s['index_kind']} index, recall@{k} "
           f"{s[f'recall_at_{k}']:.3f}; wrote {s['path']}")

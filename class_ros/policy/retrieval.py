@@ -34,6 +34,8 @@ class RetrievalConfig:
 
     k: int = 64  # neighbours
     tau: float = 0.01  # softmax temperature over cosine distances (0.02 for moving cameras)
+    # Weight of the proprio part against the unit-norm image part of the feature (see retrieval_features).
+    proprio_weight: float = 1.0
     mode: str = "mean"  # "mean": weighted mean chunk; "sample": one chunk drawn by weight
     n_action_steps: int = 8  # steps executed per chunk before re-querying
     approx_threshold: int = 50_000  # above this many rows, an HNSW index replaces exact search
@@ -42,9 +44,10 @@ class RetrievalConfig:
     ef_search: int = 256
 
     def __post_init__(self):
-        if self.k < 1 or self.tau <= 0 or self.n_action_steps < 1:
-            raise ClassRosError(f"retrieval needs k >= 1, tau > 0 and n_action_steps >= 1; got k={self.k}, "
-                                f"tau={self.tau}, n_action_steps={self.n_action_steps}.")
+        if self.k < 1 or self.tau <= 0 or self.n_action_steps < 1 or self.proprio_weight < 0:
+            raise ClassRosError(f"retrieval needs k >= 1, tau > 0, n_action_steps >= 1 and proprio_weight >= 0; "
+                                f"got k={self.k}, tau={self.tau}, n_action_steps={self.n_action_steps}, "
+                                f"proprio_weight={self.proprio_weight}.")
         if self.mode not in MODES:
             raise ClassRosError(f"retrieval mode {self.mode!r} is not one of {MODES}.")
 
@@ -70,6 +73,20 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.maximum(norm, 1e-12), dtype=np.float32)
+
+
+def retrieval_features(raw: np.ndarray, image_dim: int, proprio_weight: float) -> np.ndarray:
+    """(N, F) encoder outputs (image features, then normalised proprio) -> (N, F) unit rows for the index.
+
+    The image part is scaled to unit norm and the proprio part to `proprio_weight` times its RMS value, so
+    the balance between "what the camera sees" and "where the arm is" is a setting, not an accident of the
+    encoder's output scale (unweighted, the proprio part dominated and neighbours matched arm pose only).
+    """
+    raw = np.asarray(raw, dtype=np.float32).reshape(len(raw), -1)
+    image, proprio = raw[:, :image_dim], raw[:, image_dim:]
+    if proprio.shape[1]:
+        proprio = proprio * (proprio_weight / np.sqrt(proprio.shape[1]))
+    return normalize_rows(np.concatenate([normalize_rows(image), proprio], axis=1))
 
 
 def build_faiss_index(emb: np.ndarray, cfg: RetrievalConfig):
@@ -207,7 +224,8 @@ class RetrievalPolicy:
         self._rng = np.random.default_rng(self._seed)
 
     def embed(self, obs: dict) -> np.ndarray:
-        """One observation {camera: (H, W, 3) uint8, proprio: (d,)} -> (F,) unit-norm float32 feature."""
+        """One observation {camera: (H, W, 3) uint8, proprio: (d,)} -> (F,) unit-norm float32 feature
+        (retrieval_features of the encoder output, as the index rows are)."""
         import torch
 
         cfg = self.encoder.config
@@ -221,7 +239,7 @@ class RetrievalPolicy:
             feat = self.encoder(batch)[0].float().cpu().numpy()
         if not np.isfinite(feat).all():
             raise ClassRosError("the observation produced a non-finite embedding; check the image and joint state.")
-        return normalize_rows(feat[None])[0]
+        return retrieval_features(feat[None], self.encoder.image_dim, self.config.proprio_weight)[0]
 
     def predict_from_embedding(self, feature: np.ndarray) -> np.ndarray:
         """(F,) feature (normalised here) -> (H, D) float32 action chunk; updates last_confidence."""

@@ -1,6 +1,6 @@
 """The three tasks: how each episode's objects are laid out, the success predicate and the time limit.
 
-- `lift`: a cube at a random position and yaw; success when its centre is above `LIFT_HEIGHT`.
+- `lift`: a vividly coloured cube at a random position and yaw; success when its centre is above `LIFT_HEIGHT`.
 - `push`: a cube and a square target region 0.12-0.18 m away in a random direction; success when the
   cube's centre is inside the square and the cube is on the table.
 - `pick_place`: a cube and a plate at least 0.15 m apart; success when the cube rests on the plate
@@ -23,7 +23,11 @@ LIFT_HEIGHT = 0.10  # lift: cube centre above this (m) is success
 TARGET_HALF = 0.045  # push: half size of the square target region (m)
 PLATE_RADIUS = 0.07
 PLATE_TOP = 0.012
-RELEASED_BELOW = 0.5  # pick_place: gripper opening (0 open .. 1 closed) below this = let go
+RELEASED_BELOW = 0.5
+# lift: cube position range (m); narrower than the other tasks' so that 40 demonstrations cover it densely
+# enough for nearest-neighbour control (a retrieved chunk grasps where its demonstration's cube was).
+LIFT_X = (0.30, 0.44)
+LIFT_Y = 0.12  # pick_place: gripper opening (0 open .. 1 closed) below this = let go
 
 
 def check_task(task: str) -> str:
@@ -48,14 +52,21 @@ def _colour(rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     return np.append(rng.uniform(lo, hi, 3), 1.0)
 
 
+def _vivid_colour(rng: np.random.Generator) -> np.ndarray:
+    """A fully saturated, bright colour of random hue: at 96x96 the cube is a few pixels, and a dark or
+    greyish one vanished into the brown table, so a 96x96 encoder could not localise it."""
+    rgb = np.clip(np.abs((rng.uniform(0, 6) + np.array([0.0, 4.0, 2.0])) % 6 - 3) - 1, 0, 1)  # HSV(h, 1, 1)
+    return np.append(rgb, 1.0)
+
+
 def sample_layout(task: str, rng: np.random.Generator) -> Layout:
     """Draw one episode's object layout for `task`."""
     check_task(task)
     cube_yaw = float(rng.uniform(-np.pi / 4, np.pi / 4))
     cube_rgba = _colour(rng, 0.05, 0.95)
     if task == "lift":
-        cube = np.array([rng.uniform(0.28, 0.48), rng.uniform(-0.18, 0.18)])
-        return Layout(cube, cube_yaw, cube_rgba, None, None)
+        cube = np.array([rng.uniform(LIFT_X[0], LIFT_X[1]), rng.uniform(-LIFT_Y, LIFT_Y)])
+        return Layout(cube, cube_yaw, _vivid_colour(rng), None, None)
     if task == "push":
         while True:  # rejection sampling keeps the goal inside the reachable workspace
             cube = np.array([rng.uniform(0.32, 0.45), rng.uniform(-0.12, 0.12)])
