@@ -42,7 +42,8 @@ class EmbeddingNode(Node):
         p["device"] = declare(self, "device", "cpu", "torch device of the encoder", True)
         p["poll_hz"] = declare(self, "poll_hz", 200.0, "how often the timer looks for a new frame", True)
         p["joint_states_topic"] = declare(self, "joint_states_topic", "/joint_states", "joint states topic", True)
-        require(bool(p["run_dir"]), "run_dir is not set; pass -p run_dir:=RUN (a pre-training run with an index).")
+        require(bool(p["run_dir"]), "run_dir is not set; give the trained run with `class-ros graph --run-dir RUN` or "
+                "`run_dir:=RUN` to the launch file.")
         require(p["poll_hz"] > 0, f"poll_hz must be positive, got {p['poll_hz']}.")
         from class_ros.policy import load_policy
         self.policy = load_policy(p["run_dir"], "retrieval", p["device"])

@@ -100,7 +100,8 @@ class PolicyNode(LifecycleNode):
     def on_configure(self, state) -> TransitionCallbackReturn:
         self.error = ""
         try:
-            require(bool(self.p["run_dir"]), "run_dir is not set; pass -p run_dir:=RUN.")
+            require(bool(self.p["run_dir"]), "run_dir is not set; give the trained run with `class-ros graph "
+                    "--run-dir RUN` or `run_dir:=RUN` to the launch file.")
             from class_ros.policy import load_policy
             policy = load_policy(self.p["run_dir"], self.p["policy"], self.p["device"])
             check_run_matches(policy, self.p["action_kind"], self.p["action_names"])
