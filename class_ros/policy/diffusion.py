@@ -137,38 +137,52 @@ class DiffusionPolicy(nn.Module):
         self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
 
     def use_cuda_graph(self, enabled: bool = True) -> None:
-        """On CUDA, replay each denoising step's U-Net from a captured CUDA graph (cuts kernel-launch overhead).
+        """On CUDA, replay the whole inference (encoder, every U-Net call and scheduler step) from one
+        captured CUDA graph per input shape and sampler: one launch instead of hundreds.
 
-        A graph holds the weights' addresses: re-enable after moving the policy or replacing its tensors.
+        The initial noise still comes from the policy's generator (so DDIM gives the same chunks as
+        eager sampling); DDPM's per-step noise inside the graph comes from torch's default CUDA
+        generator. A graph holds the weights' addresses: re-enable after moving the policy.
         """
         self._graphs = {} if enabled else None
 
-    def _denoiser(self, x: torch.Tensor, cond: torch.Tensor):
-        """The U-Net call used for sampling: eager, or a CUDA-graph replay for these shapes."""
-        if self._graphs is None or not x.is_cuda:
-            return self.unet
-        key = (tuple(x.shape), tuple(cond.shape), x.dtype, x.device)
+    def _graphed_inference(self, batch: dict[str, torch.Tensor]):
+        """The captured graph for this batch's shapes and the current sampler, or None to run eagerly."""
+        if self._graphs is None or self.device.type != "cuda":
+            return None
+        key = (tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(batch.items())), self.sampler_kind,
+               self.num_inference_steps)
         if key not in self._graphs:
             try:
-                self._graphs[key] = _GraphedCall(self.unet, x, cond)
-            except RuntimeError as err:  # a driver or build without graph capture: sample eagerly
-                warnings.warn(f"CUDA graph capture failed ({err}); the diffusion policy samples eagerly.")
+                self._graphs[key] = _GraphedInference(self, batch)
+            except RuntimeError as err:  # a driver, build or scheduler that cannot be captured: run eagerly
+                warnings.warn(f"CUDA graph capture failed ({str(err).splitlines()[0]}); the diffusion policy "
+                              "samples eagerly.")
                 self._graphs = None
-                return self.unet
+                return None
         return self._graphs[key]
+
+    def _initial_noise(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, H, D) Gaussian noise the denoising starts from."""
+        B = cond.shape[0]  # batch
+        return torch.randn((B, self.config.horizon, self.action_normalizer.dim), generator=generator,
+                           device=cond.device, dtype=cond.dtype)
+
+    def _denoise_loop(self, x: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None,
+                      timesteps: list[int], t_tensors: list[torch.Tensor]) -> torch.Tensor:
+        """From noise x (B, H, D): one U-Net call and one scheduler step per timestep -> normalised chunks."""
+        for t, t_dev in zip(timesteps, t_tensors):
+            x = self.sampler.step(self.unet(x, t_dev, cond), t, x, generator=generator).prev_sample
+        return x
 
     @torch.no_grad()
     def sample_normalized(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, F) observation features -> (B, H, D) action chunks in the normalised [-1, 1] space."""
-        B = cond.shape[0]  # batch
-        x = torch.randn((B, self.config.horizon, self.action_normalizer.dim), generator=generator,
-                        device=cond.device, dtype=cond.dtype)
-        self.sampler.set_timesteps(self.num_inference_steps, device=cond.device)
-        denoise = self._denoiser(x, cond)
-        for t in self.sampler.timesteps:
-            out = denoise(x, t, cond)
-            x = self.sampler.step(out, t, x, generator=generator).prev_sample
-        return x
+        # Timesteps on the host: the scheduler looks them up each step, which must not sync the device.
+        self.sampler.set_timesteps(self.num_inference_steps, device="cpu")
+        timesteps = [int(t) for t in self.sampler.timesteps]
+        t_tensors = [torch.tensor(t, device=cond.device) for t in timesteps]
+        return self._denoise_loop(self._initial_noise(cond, generator), cond, generator, timesteps, t_tensors)
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
@@ -179,8 +193,12 @@ class DiffusionPolicy(nn.Module):
             batch = self._to_batch(obs)
             if self._generator.device != self.device:  # moved with .to() since the last reset
                 self.reset()
-            cond = self.encoder(batch)  # (1, F)
-            chunk = self.sample_normalized(cond, self._generator)[0]  # (H, D)
+            graphed = self._graphed_inference(batch)
+            if graphed is not None:
+                chunk = graphed(batch, self._generator)[0]  # (H, D)
+            else:
+                cond = self.encoder(batch)  # (1, F)
+                chunk = self.sample_normalized(cond, self._generator)[0]  # (H, D)
         finally:
             self.train(was_training)
         out = self.action_normalizer.unnormalize(chunk.double().cpu().numpy())
@@ -279,26 +297,36 @@ class DiffusionPolicy(nn.Module):
         return policy
 
 
-class _GraphedCall:
-    """unet(x, t, cond) captured once as a CUDA graph on static input buffers, then replayed."""
+class _GraphedInference:
+    """policy.encoder + the denoising loop captured once as a CUDA graph on static input buffers."""
 
-    def __init__(self, unet: nn.Module, x: torch.Tensor, cond: torch.Tensor):
-        self.x, self.cond = x.clone(), cond.clone()
-        self.t = torch.zeros((), dtype=torch.int64, device=x.device)
+    def __init__(self, policy: DiffusionPolicy, batch: dict[str, torch.Tensor]):
+        self.inputs = {k: v.clone() for k, v in batch.items()}
+        policy.sampler.set_timesteps(policy.num_inference_steps, device="cpu")
+        timesteps = [int(t) for t in policy.sampler.timesteps]
+        # Kept as attributes: the graph reads these buffers' memory at every replay, so they must outlive it.
+        self.t_tensors = [torch.tensor(t, device=policy.device) for t in timesteps]  # made before capture
+        with torch.no_grad():
+            self.noise = policy._initial_noise(policy.encoder(self.inputs), None)
+
+        def run() -> torch.Tensor:
+            return policy._denoise_loop(self.noise, policy.encoder(self.inputs), None, timesteps, self.t_tensors)
+
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():  # warm-up picks the kernels before capture
-            for _ in range(3):
-                unet(self.x, self.t, self.cond)
+            for _ in range(2):
+                run()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: other threads of the process (e.g. ROS callbacks) may use CUDA during the capture
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.no_grad():
-            self.out = unet(self.x, self.t, self.cond)
+            self.out = run()
 
-    def __call__(self, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
-        self.x.copy_(x)
-        self.t.copy_(torch.as_tensor(t))
-        self.cond.copy_(cond)
+    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        for k, v in batch.items():
+            self.inputs[k].copy_(v)
+        self.noise.copy_(torch.randn(self.noise.shape, generator=generator, device=self.noise.device,
+                                     dtype=self.noise.dtype))
         self.graph.replay()
         return self.out.clone()  # the graph overwrites its output buffer on the next replay
