@@ -330,7 +330,7 @@ def test_estop_latches_until_reset_then_reanchors(rig):
     status = [s for d in rig.diagnostics for s in d.status if "safety" in s.name][-1]
     values = {kv.key: kv.value for kv in status.values}
     assert status.level == DiagnosticStatus.ERROR and "e-stop" in status.message and values["estop"] == "True"
-    assert float(values["command_rate_hz"]) > 5 and int(values["commands_sent"]) > 50  # rate: load-dependent
+    assert float(values["command_rate_hz"]) > 5 and int(values["commands_sent"]) > 10  # rates depend on the load
     assert {"latency_p50_ms", "latency_p99_ms", "clamped_velocity", "clamped_max_step", "rejected_chunks",
             "joint_state_rate_hz", "camera_rate_hz", "chunk_rate_hz"} <= set(values)
     hold_pos = held[-1][1]
