@@ -210,3 +210,23 @@ def test_positives_file_from_the_similarity_step(tmp_path):
     with pytest.raises(ClassRosError, match="do not exist"):
         pretrain(tmp_path / "data", tmp_path / "none.npz", tmp_path / "run2", cfg, progress=False)
     assert not (tmp_path / "run2").exists()
+
+
+def test_positive_pair_batches_pair_each_anchor_with_one_of_its_positives():
+    from training.pretrain import sample_batch
+
+    class Csr:  # the CSR view that an exact positives file gives: row i's positives are indices[indptr[i]:indptr[i+1]]
+        indptr = np.array([0, 2, 2, 3, 5])
+        indices = np.array([1, 3, 0, 0, 2])
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        idx = sample_batch(rng, 4, 8, Csr)
+        assert idx.shape == (8,) and idx.min() >= 0 and idx.max() < 4
+        for a, b in zip(idx[:4], idx[4:]):
+            if a != 1:  # frame 1 has no positives: its partner is any frame
+                assert b in Csr.indices[Csr.indptr[a]:Csr.indptr[a + 1]]
+            seen.add((int(a), int(b)))
+    assert {(0, 1), (0, 3), (3, 0), (3, 2), (2, 0)} <= seen  # every positive gets drawn
+    assert sample_batch(rng, 4, 8).shape == (8,)  # no positives: uniform

@@ -50,6 +50,10 @@ class PretrainConfig:
     seed: int = 0
     amp: bool = True  # bfloat16 autocast, CUDA only
     save_every: int = 500  # steps between checkpoints (one is always written at the end)
+    # Draw half of each batch as anchors and half as one DTW positive of each (exact positives only).
+    # Uniform batches of 64 from a few thousand frames hold ~1-2 positives per row, too weak a signal
+    # for a short CPU run; large batches (the paper's) do not need it.
+    positive_pairs: bool = False
 
     def __post_init__(self):
         if isinstance(self.encoder, dict):
@@ -169,6 +173,19 @@ def image_feature_module(encoder):
             return self.enc.image_features(images, train=True)
 
     return ImageFeatures(encoder)
+
+
+def sample_batch(rng: np.random.Generator, n: int, batch_size: int, positives=None) -> np.ndarray:
+    """(batch_size,) frame ids: uniform, or with `positives` (CSR indptr/indices) anchors then one positive of
+    each (a uniform frame for an anchor without positives)."""
+    if positives is None or not hasattr(positives, "indptr"):
+        return rng.choice(n, size=batch_size, replace=n < batch_size)
+    anchors = rng.choice(n, size=(batch_size + 1) // 2, replace=n < (batch_size + 1) // 2)
+    lo, hi = positives.indptr[anchors], positives.indptr[anchors + 1]
+    pick = lo + np.floor(rng.random(len(anchors)) * np.maximum(hi - lo, 1)).astype(np.int64)
+    partners = np.where(hi > lo, np.asarray(positives.indices)[np.minimum(pick, len(positives.indices) - 1)],
+                        rng.integers(0, n, len(anchors)))
+    return np.concatenate([anchors, partners])[:batch_size].astype(np.int64)
 
 
 def contrastive_loss(model, images: dict, weights, temperature: float, amp: bool = True):
@@ -304,7 +321,7 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
         # Seeds from (seed, rank, step): a resumed run draws the same batches it would have drawn.
         rng = np.random.default_rng([cfg.seed, rank, step])
         torch.manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
-        idx = rng.choice(n, size=cfg.batch_size, replace=n < cfg.batch_size)
+        idx = sample_batch(rng, n, cfg.batch_size, weights if cfg.positive_pairs else None)
         all_idx = idx
         if world > 1:
             parts = [torch.empty(cfg.batch_size, dtype=torch.int64, device=device) for _ in range(world)]
