@@ -45,6 +45,11 @@ class EmbeddingNode(Node):
         require(bool(p["run_dir"]), "run_dir is not set; give the trained run with `class-ros graph --run-dir RUN` or "
                 "`run_dir:=RUN` to the launch file.")
         require(p["poll_hz"] > 0, f"poll_hz must be positive, got {p['poll_hz']}.")
+        p["torch_threads"] = declare(self, "torch_threads", 1,
+                                     "CPU threads for the encoder; 1 keeps OpenMP's busy-waiting threads from starving "
+                                     "the other nodes of a one-process graph", True)
+        import torch
+        torch.set_num_threads(max(1, int(p["torch_threads"])))
         from class_ros.policy import load_policy
         self.policy = load_policy(p["run_dir"], "retrieval", p["device"])
         self.cameras, self.proprio = observation_layout(self.policy)

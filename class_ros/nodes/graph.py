@@ -83,6 +83,7 @@ class InProcessGraph:
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
+        self.closing = False
         self.nodes = {}
         try:
             for spec in specs:
@@ -104,12 +105,16 @@ class InProcessGraph:
             self.executor.spin()
         except ExternalShutdownException:
             pass
+        except RuntimeError:
+            if not self.closing:  # a timer firing while the executor's pool shuts down is expected
+                raise
 
     def alive(self) -> bool:
         return self.thread.is_alive()
 
     def close(self) -> None:
         # Stop spinning before destroying nodes, so no callback runs on a destroyed node.
+        self.closing = True
         if hasattr(self, "executor"):
             self.executor.shutdown(timeout_sec=5.0)
             self.thread.join(timeout=5.0)
