@@ -221,13 +221,18 @@ class EpisodeDriver:
             time.sleep(0.01)
         return future.result()
 
-    def call(self, client, what: str, timeout: float = 60.0):
+    def call(self, client, what: str, timeout: float = 60.0, retry_s: float = 0.0):
+        """Call a Trigger service; a refusal is retried for `retry_s` seconds (e.g. until fresh state arrives)."""
         if not client.wait_for_service(timeout_sec=timeout):
             raise ClassRosError(f"{what} is not available; is the graph running?")
-        res = self._wait(client.call_async(self.Trigger.Request()), what)
-        if not res.success:
-            raise ClassRosError(f"{what} failed: {res.message}")
-        return res
+        end = time.monotonic() + retry_s
+        while True:
+            res = self._wait(client.call_async(self.Trigger.Request()), what)
+            if res.success:
+                return res
+            if time.monotonic() > end:
+                raise ClassRosError(f"{what} failed: {res.message}")
+            time.sleep(0.1)
 
     def start_episode(self, seed: int) -> None:
         """Freeze the arm, reset the world from `seed`, then release the arm at its new pose."""
@@ -241,7 +246,9 @@ class EpisodeDriver:
         self.call(self.reset_sim, "/sim_node/reset")
         time.sleep(0.3)  # fresh joint states and frames of the new episode reach every node
         self.success = False
-        self.call(self.reset_estop, "/arm_command_node/reset_estop")
+        # On a loaded machine the first joint states after the reset can take a while to reach the
+        # command node, which refuses to re-anchor without them: retry until it has them.
+        self.call(self.reset_estop, "/arm_command_node/reset_estop", retry_s=30.0)
         self.recording = True
         self.start_sim_time = self.sim_time
 
