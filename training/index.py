@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--approx-threshold", type=int, default=None,
                         help="rows above which an approximate (HNSW) index is built (default 50000)")
     parser.add_argument("--proprio-weight", type=float, default=None,
-                        help="weight of the joint state against the image part of the feature (default 1.0)")
+                        help="weight of the joint state against the image part of the feature (default 4.0)")
     parser.add_argument("--device", default=None, help="torch device for embedding (default: cuda if available)")
 
 
