@@ -162,7 +162,7 @@ def _pretrain(d: Demo) -> dict:
 
 def _index(d: Demo) -> dict:
     from training.index import build_index
-    return build_index(d.class_run, d.dataset)
+    return build_index(d.class_run, d.dataset, **d.cfg.get("index", {}))
 
 
 def _evaluate(d: Demo) -> dict:
@@ -202,6 +202,11 @@ def _eval_key(s: dict) -> str:
     return ", ".join(f"{cam} {r['success_rate']:.0%}" for cam, r in s.items())
 
 
+def _index_key(s: dict) -> str:
+    k = s["config"]["k"]
+    return f"{s['n']} frames, {s['index_kind']} index, k = {k}, recall@{k} {s[f'recall_at_{k}']:.2f}"
+
+
 def _loop_key(s: dict) -> str:
     lat = s["latency_ms"]
     return f"success {s['success_rate']:.0%}" + (f", p50 latency {np.percentile(lat, 50):.1f} ms" if lat else "")
@@ -217,7 +222,7 @@ STAGES = [
     Stage("pretrain", ["training.pretrain"], 6, ["dtw"], ["class_run"], _pretrain,
           lambda s: f"loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} in {s['steps']} steps", ["pretrain"]),
     Stage("index", ["training.index"], 6, ["pretrain"], ["class_run/index"], _index,
-          lambda s: f"{s['n']} frames, {s['index_kind']} index, recall@64 {s['recall_at_64']:.2f}", []),
+          _index_key, ["index"]),
     Stage("evaluate", ["training.evaluate", "class_ros.policy"], 4, ["index"],
           ["eval"], _evaluate, _eval_key, ["evaluate"]),
     Stage("closed-loop", ["class_ros.nodes.graph"], 8, ["index"], ["closed_loop.json"], _closed_loop,

@@ -62,16 +62,20 @@ def key_values(values: dict):
     return [KeyValue(key=k, value=(f"{v:.4g}" if isinstance(v, float) else str(v))) for k, v in values.items()]
 
 
-def run_node(node_factory, args=None, executor_threads: int = 0) -> int:
-    """The standard main(): init, spin until Ctrl-C / shutdown, one-line error on bad parameters."""
+def run_node(node_factory, args=None) -> int:
+    """The standard main(): init, spin until Ctrl-C / shutdown, one-line error on bad parameters.
+
+    A SingleThreadedExecutor: rclpy's MultiThreadedExecutor busy-loops while a ready callback waits for
+    its callback group (an inference timer makes that the common case) and starves the machine.
+    """
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     rclpy.init(args=args)
     node = None
     try:
         node = node_factory()
-        executor = MultiThreadedExecutor(executor_threads) if executor_threads else SingleThreadedExecutor()
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except ClassRosError as err:

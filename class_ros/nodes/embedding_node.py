@@ -109,7 +109,7 @@ class EmbeddingNode(Node):
 
 def main(args=None) -> int:
     """Entry point `embedding_node`."""
-    return run_node(EmbeddingNode, args, executor_threads=2)
+    return run_node(EmbeddingNode, args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Usage:
     class-ros graph --params config/policy.yaml --run-dir runs/demo/class_run [--sim] [--processes]
 
-One process with a MultiThreadedExecutor (lowest latency, the default) or one process per node
+One process with one executor thread per node (lowest latency, the default) or one process per node
 (`--processes`, like `ros2 launch`). The nodes, their parameter files and remappings come from
 class_ros.nodes.topology, which the launch files read too.
 
@@ -73,18 +73,25 @@ def _node_args(spec, params_file, extra):
 
 
 class InProcessGraph:
-    """Every node in this process, spun by one MultiThreadedExecutor in a background thread."""
+    """Every node in this process, each spun by its own SingleThreadedExecutor in a background thread.
+
+    Not one MultiThreadedExecutor: rclpy's busy-loops (100% of a core, holding the GIL) while a ready
+    callback waits for its mutually exclusive group, which an inference timer makes the common case.
+    One executor per node keeps inference in one node from delaying another node's callbacks.
+    """
 
     def __init__(self, specs, params_file: str, extra: dict):
         import importlib
 
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.closing = False
         self.nodes = {}
+        self.executors = []
+        self.threads = []
         try:
             for spec in specs:
                 module, cls = NODE_CLASSES[spec.name]
@@ -93,31 +100,34 @@ class InProcessGraph:
         except BaseException:
             self.close()
             raise
-        self.executor = MultiThreadedExecutor(num_threads=max(4, len(self.nodes) + 2), context=self.context)
-        for node in self.nodes.values():
-            self.executor.add_node(node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
+        for name, node in self.nodes.items():
+            executor = SingleThreadedExecutor(context=self.context)
+            executor.add_node(node)
+            thread = threading.Thread(target=self._spin, args=(executor,), name=name, daemon=True)
+            self.executors.append(executor)
+            self.threads.append(thread)
+            thread.start()
 
-    def _spin(self):
+    def _spin(self, executor):
         from rclpy.executors import ExternalShutdownException
         try:
-            self.executor.spin()
+            executor.spin()
         except ExternalShutdownException:
             pass
         except RuntimeError:
-            if not self.closing:  # a timer firing while the executor's pool shuts down is expected
+            if not self.closing:  # a timer firing while the executor shuts down is expected
                 raise
 
     def alive(self) -> bool:
-        return self.thread.is_alive()
+        return all(t.is_alive() for t in self.threads)
 
     def close(self) -> None:
         # Stop spinning before destroying nodes, so no callback runs on a destroyed node.
         self.closing = True
-        if hasattr(self, "executor"):
-            self.executor.shutdown(timeout_sec=5.0)
-            self.thread.join(timeout=5.0)
+        for executor in self.executors:
+            executor.shutdown(timeout_sec=5.0)
+        for thread in self.threads:
+            thread.join(timeout=5.0)
         for node in self.nodes.values():
             node.destroy_node()
         self.nodes = {}

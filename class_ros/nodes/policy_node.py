@@ -223,7 +223,7 @@ class PolicyNode(LifecycleNode):
 
 def main(args=None) -> int:
     """Entry point `policy_node`."""
-    return run_node(PolicyNode, args, executor_threads=2)
+    return run_node(PolicyNode, args)
 
 
 if __name__ == "__main__":
