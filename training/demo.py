@@ -298,7 +298,7 @@ def run_stages(out: Path, cfg: dict, stages: list[Stage], fresh: bool = False,
     hashes: dict[str, str] = {}
     status: dict[str, str] = {}
     for stage in stages:
-        config = {k: cfg[k] for k in stage.config_keys}
+        config = {k: cfg.get(k, {}) for k in stage.config_keys}
         inputs_hash = _hash({"version": STAMP_VERSION, "task": cfg["task"], "seed": cfg["seed"],
                              "device": cfg["device"], "config": config, "files": _named_files(config),
                              "upstream": [hashes.get(dep) for dep in stage.depends]})
