@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from class_ros.encoder.config import EncoderConfig
+from class_ros.config import config_from_dict, read_yaml_mapping
 from class_ros.errors import ClassRosError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -76,21 +77,11 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ClassRosError(f"unknown finetune config keys {sorted(unknown)}; valid keys are {sorted(names)}.")
-        return cls(**d)
+        return config_from_dict(cls, d, "finetune")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "FinetuneConfig":
-        try:
-            d = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise ClassRosError(f"cannot read config {path} ({err}).") from err
-        if not isinstance(d, dict):
-            raise ClassRosError(f"config {path} must hold a mapping of finetune settings.")
-        return cls.from_dict(d)
+        return cls.from_dict(read_yaml_mapping(path, "finetune"))
 
     @classmethod
     def coerce(cls, config) -> "FinetuneConfig":

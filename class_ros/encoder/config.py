@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from class_ros.config import config_from_dict
 from class_ros.errors import ClassRosError
 
 BACKBONES = ("small", "resnet18")
@@ -50,11 +51,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncoderConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ClassRosError(f"unknown encoder config keys {sorted(unknown)}; valid keys are {sorted(names)}.")
-        return cls(**d)
+        return config_from_dict(cls, d, "encoder")
 
     def for_dataset(self, meta) -> "EncoderConfig":
         """A copy with cameras, proprio keys/widths and image size filled in from a DatasetMeta."""

@@ -15,7 +15,6 @@ Usage:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import warnings
@@ -28,6 +27,7 @@ from torch.nn import functional as F
 
 from class_ros.encoder.config import EncoderConfig
 from class_ros.encoder.model import ObservationEncoder
+from class_ros.config import config_from_dict
 from class_ros.errors import ClassRosError
 from class_ros.policy.unet import ConditionalUnet1D, UNetConfig
 
@@ -68,11 +68,7 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffusionConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ClassRosError(f"unknown diffusion config keys {sorted(unknown)}; valid keys are {sorted(names)}.")
-        return cls(**d)
+        return config_from_dict(cls, d, "diffusion")
 
 
 def check_sampler(sampler: str, steps: int, train_steps: int) -> None:

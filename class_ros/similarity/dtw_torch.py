@@ -91,7 +91,7 @@ def pairwise_torch(x: np.ndarray, y: np.ndarray | None = None, *, device: str = 
     dev = _device(device)
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev)
     yt = xt if y is None else torch.from_numpy(np.ascontiguousarray(y, np.float32)).to(dev)
-    N, M, T = len(xt), len(yt), xt.shape[1]
+    N, M = len(xt), len(yt)
     out = torch.empty((N, M), dtype=torch.float32, device=dev)
     rows = max(1, PAIRS_PER_STEP // max(M, 1))  # row block against all columns
     for i0 in range(0, N, rows):
