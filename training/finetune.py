@@ -169,7 +169,7 @@ def finetune(dataset, init, out, config=None, *, resume: bool = False, device: s
     from class_ros.data.schema import obs_key
     from class_ros.data.store import EpisodeStore
     from class_ros.policy.diffusion import WEIGHTS, DiffusionPolicy
-    from training.pretrain import _dist_setup, ema_state_dict, fit_normalizers
+    from training.pretrain import Checkpointing, _dist_setup, fit_normalizers
 
     rank, world, local_rank = _dist_setup()
     if device is None:
@@ -221,25 +221,8 @@ def finetune(dataset, init, out, config=None, *, resume: bool = False, device: s
     optimizer = torch.optim.AdamW(policy.param_groups(cfg.lr, vision_lr), weight_decay=cfg.weight_decay)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     ema = EMAModel(policy.parameters(), power=cfg.ema_power, use_ema_warmup=True)
-    start = 0
-    if resume:
-        policy.load_state_dict(run.load_weights(WEIGHTS, device=device)["raw"])
-        start = run.load_train_state(device=device, optimizer=optimizer, scheduler=scheduler, ema=ema)
-        ema.to(device)
-
-    writer = None
-    if rank == 0:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(Path(out) / "tb"))
-        except ImportError:
-            writer = None  # tensorboard is optional; the summary still has the numbers
-
-    def save(step: int) -> None:
-        if rank == 0:
-            run.save_weights(WEIGHTS, {"ema": ema_state_dict(policy, ema), "raw": policy.state_dict()},
-                             metadata={"step": step})
-            run.save_train_state(step, optimizer=optimizer, scheduler=scheduler, ema=ema)
+    ckpt = Checkpointing(run, WEIGHTS, policy, optimizer, scheduler, ema, out, rank)
+    start = ckpt.resume(device) if resume else 0
 
     sampler = WindowSampler(store, obs_horizon=1, pred_horizon=cfg.diffusion.horizon)
     losses = []
@@ -261,16 +244,13 @@ def finetune(dataset, init, out, config=None, *, resume: bool = False, device: s
         scheduler.step()
         ema.step(policy.parameters())
         losses.append(float(loss.detach()))
-        if writer is not None:
-            writer.add_scalar("loss", losses[-1], step)
-            writer.add_scalar("lr", scheduler.get_last_lr()[1], step)
+        ckpt.scalars(step, loss=losses[-1], lr=scheduler.get_last_lr()[1])
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if (step + 1) % cfg.save_every == 0 and step + 1 < end:
-            save(step + 1)
+            ckpt.save(step + 1)
     seconds = time.perf_counter() - t0
-    save(end)
-    if writer is not None:
-        writer.close()
+    ckpt.save(end)
+    ckpt.close()
 
     done = len(losses)
     tail = losses[-max(1, done // 10):] if losses else []

@@ -129,6 +129,47 @@ def ema_state_dict(encoder, ema) -> dict:
     return sd
 
 
+class Checkpointing:
+    """What pre-training and fine-tuning share around their loops: resume, TensorBoard, saving.
+
+    `weights` names the safetensors file in the RunDir; only rank 0 writes.
+    """
+
+    def __init__(self, run, weights: str, module, optimizer, scheduler, ema, out, rank: int):
+        self.run, self.weights, self.module = run, weights, module
+        self.optimizer, self.scheduler, self.ema, self.rank = optimizer, scheduler, ema, rank
+        self.writer = None
+        if rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(Path(out) / "tb"))
+            except ImportError:
+                pass  # tensorboard is optional; the summary still has the numbers
+
+    def resume(self, device) -> int:
+        """Load raw weights and train state; returns the step to continue from."""
+        self.module.load_state_dict(self.run.load_weights(self.weights, device=device)["raw"])
+        start = self.run.load_train_state(device=device, optimizer=self.optimizer, scheduler=self.scheduler,
+                                          ema=self.ema)
+        self.ema.to(device)
+        return start
+
+    def scalars(self, step: int, **values) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def save(self, step: int) -> None:
+        if self.rank == 0:
+            self.run.save_weights(self.weights, {"ema": ema_state_dict(self.module, self.ema),
+                                                 "raw": self.module.state_dict()}, metadata={"step": step})
+            self.run.save_train_state(step, optimizer=self.optimizer, scheduler=self.scheduler, ema=self.ema)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def batch_stats(w: np.ndarray) -> tuple[float, float]:
     """(fraction of rows with a positive, mean weight of the positive entries)."""
     w = w.copy()
@@ -283,25 +324,8 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     ema = EMAModel(encoder.parameters(), power=cfg.ema_power, use_ema_warmup=True, foreach=True)
 
-    start = 0
-    if resume:
-        encoder.load_state_dict(run.load_weights("encoder", device=device)["raw"])
-        start = run.load_train_state(device=device, optimizer=optimizer, scheduler=scheduler, ema=ema)
-        ema.to(device)
-
-    writer = None
-    if rank == 0:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(Path(out) / "tb"))
-        except ImportError:
-            writer = None  # tensorboard is optional; the summary still has the numbers
-
-    def save(step: int) -> None:
-        if rank == 0:
-            run.save_weights("encoder", {"ema": ema_state_dict(encoder, ema), "raw": encoder.state_dict()},
-                             metadata={"step": step})
-            run.save_train_state(step, optimizer=optimizer, scheduler=scheduler, ema=ema)
+    ckpt = Checkpointing(run, "encoder", encoder, optimizer, scheduler, ema, out, rank)
+    start = ckpt.resume(device) if resume else 0
 
     losses, fracs = [], []
     t0 = time.perf_counter()
@@ -329,18 +353,14 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
         frac, mean_w = batch_stats(w)
         losses.append(value)
         fracs.append(frac)
-        if writer is not None:
-            writer.add_scalar("loss", losses[-1], step)
-            writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("rows_with_positives", frac, step)
-            writer.add_scalar("mean_positive_weight", mean_w, step)
+        ckpt.scalars(step, loss=losses[-1], lr=scheduler.get_last_lr()[0], rows_with_positives=frac,
+                     mean_positive_weight=mean_w)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", pos=f"{frac:.2f}")
         if (step + 1) % cfg.save_every == 0 and step + 1 < end:
-            save(step + 1)
+            ckpt.save(step + 1)
     seconds = time.perf_counter() - t0
-    save(end)
-    if writer is not None:
-        writer.close()
+    ckpt.save(end)
+    ckpt.close()
 
     done = len(losses)
     tail = losses[-max(1, done // 10):] if losses else []
