@@ -1,7 +1,7 @@
 """Camera-shift benchmark: does CLASS keep working when the camera moves, where plain behaviour cloning fails?
 
 Usage:
-    python benchmarks/camera_shift.py --quick          # CPU preset (25 episodes per cell), about an hour on 2 cores
+    python benchmarks/camera_shift.py --quick          # CPU preset (25 episodes per cell), about an hour per task on 2 cores
     python benchmarks/camera_shift.py --preset full    # sized for a GPU machine (more demos, longer training)
     python benchmarks/camera_shift.py --preset smoke   # 2 episodes per cell: checks the wiring, NOT a result
     python benchmarks/camera_shift.py                  # full when CUDA is available, else quick
@@ -49,6 +49,7 @@ _BASE = {
     "dtw": {"horizon": 16, "quantile": 0.025, "mode": "exact"},
     "pretrain": {"base": "training/configs/pretrain_cpu.yaml", "overrides": {}},
     "finetune": {"base": "training/configs/finetune_cpu.yaml", "overrides": {}},
+    "index": {},
     "evaluate": {"episodes": 50, "cameras": list(CAMERAS)},
 }
 PRESETS = {
@@ -56,13 +57,15 @@ PRESETS = {
               "pretrain": {"overrides": {"steps": 20, "batch_size": 32, "warmup_steps": 5}},
               "finetune": {"overrides": {"steps": 20}}, "note": "SMOKE RUN: 2 episodes per cell, "
               "checks that every stage runs; the numbers say nothing about the method"},
-    # Diffusion inference on 2 CPU cores makes each evaluation episode several seconds: 50 episodes per
-    # cell (24 cells) would take about 1.5 hours, so the quick preset evaluates 25 and says so.
-    # The demo's training settings (training/configs/demo.yaml), so a finished `make demo` is reused (--demo).
-    "quick": {"sim_demos": {"episodes": 40}, "evaluate": {"episodes": 25},
-              "pretrain": {"overrides": {"steps": 800}}, "finetune": {"overrides": {"steps": 800}},
-              "note": "quick CPU preset: 40 demonstrations, small encoder, 800 training steps, "
-                      "ONLY 25 evaluation episodes per cell (the full preset runs 50)"},
+    # The demo's data and pre-training settings (training/configs/demo.yaml), so a finished `make demo` is
+    # reused for lift (--demo). Diffusion inference on 2 CPU cores makes each evaluation episode seconds
+    # long and fine-tuning runs ~4 steps/s, so the quick preset evaluates 25 episodes per cell (not 50) and
+    # fine-tunes 2000 steps (half of finetune_cpu.yaml's 4000): it fits about an hour per task.
+    "quick": {"sim_demos": {"episodes": 80}, "evaluate": {"episodes": 25},
+              "pretrain": {"overrides": {"steps": 4000}}, "index": {"k": 8},
+              "finetune": {"overrides": {"steps": 2000}},
+              "note": "quick CPU preset: 80 demonstrations, small encoder, 4000 pre-training and 2000 "
+                      "fine-tuning steps, ONLY 25 evaluation episodes per cell (the full preset runs 50)"},
     "full": {"sim_demos": {"episodes": 200},
              "pretrain": {"base": "training/configs/pretrain_gpu.yaml"},
              "finetune": {"base": "training/configs/finetune_gpu.yaml"},
@@ -106,7 +109,7 @@ def _stages():
         # The proprio normaliser is a buffer of the encoder: keep the trained one so only vision differs.
         state = {k: (trained[k] if k.startswith("proprio_") else v) for k, v in enc.state_dict().items()}
         dst.save_weights("encoder", {"ema": state, "raw": state})
-        return build_index(d.path("random_run"), d.dataset)
+        return build_index(d.path("random_run"), d.dataset, **d.cfg.get("index", {}))
 
     def finetune(init):
         def work(d):
@@ -143,7 +146,7 @@ def _stages():
     base = [s for s in STAGES if s.name in ("sim-demos", "convert", "dtw", "pretrain", "index")]
     extra = [
         Stage("random-encoder", ["training.index"], 6, ["index"], ["random_run"], random_encoder,
-              lambda s: f"{s['n']} frames indexed", []),
+              lambda s: f"{s['n']} frames indexed", ["index"]),
         Stage("dp-scratch-train", ["training.finetune"], 7, ["convert"], ["dp_scratch"], finetune(False),
               loss_key, ["finetune"]),
         Stage("dp-class-train", ["training.finetune"], 7, ["pretrain"], ["dp_class"], finetune(True),

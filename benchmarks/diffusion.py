@@ -9,8 +9,9 @@ Usage:
 Latency is `DiffusionPolicy.predict_action_chunk` on one 96x96 image + 7 joint positions: encoder
 once, then the denoising loop, then unnormalisation, as the policy node runs it. Samplers: DDPM-16
 (the peer: METHOD.md's 16 inference steps), DDIM-8 and DDIM-4; the ratio printed is DDPM-16 p50 /
-this p50. On CUDA each sampler runs eager and with the U-Net replayed from a CUDA graph. Target
-(issue 7): under 20 ms per chunk at 16 steps on an H100. Training: `compute_loss` + backward + AdamW
+this p50. On CUDA each sampler runs eager, replayed from a CUDA graph, and from a CUDA graph with a
+bfloat16 U-Net (what DiffusionPolicy.load does on CUDA). Target (issue 7): under 20 ms per chunk at
+16 steps on an H100. Training: `compute_loss` + backward + AdamW
 on batches of 64 (bfloat16 autocast on CUDA), the trainer's EMA update excluded.
 
 diffusers is imported when installed. Without it (the bare GPU machine) the noise schedule and the
@@ -211,36 +212,42 @@ def train_speed(policy, device: str, batch: int, steps: int, warmup: int = 2) ->
 
 def run_model(name: str, full: bool, device: str, repeats: int, train_steps: int, graphs: bool) -> dict:
     """Latency of every sampler (eager, and CUDA-graphed on CUDA) and training speed of one model size."""
-    import torch
-
     policy = build_policy(full, device)
     n_params = sum(p.numel() for p in policy.unet.parameters())
     print(f"{name}: U-Net {n_params / 1e6:.1f}M parameters, encoder {policy.encoder.config.backbone}, device {device}")
+    import torch
+
     rows = []
-    modes = [False, True] if graphs else [False]
-    for graphed in modes:
+    modes = [("eager", False, torch.float32)]
+    if graphs:
+        modes += [("cuda graph", True, torch.float32), ("graph bf16", True, torch.bfloat16)]
+    for label, graphed, dtype in modes:
+        policy.set_inference_dtype(dtype)
         policy.use_cuda_graph(graphed)
-        label = "cuda graph" if graphed else "eager"
         peer = None
         for kind, steps in SAMPLERS:
             r = latency(policy, kind, steps, repeats)
             peer = peer or r["p50_ms"]
             r.update(model=name, mode=label, speedup_vs_ddpm16=peer / r["p50_ms"])
             rows.append(r)
-            print(f"  {label:<10} {r['sampler']:<8} p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms   "
+            print(f"  {label:<11} {r['sampler']:<8} p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms   "
                   f"DDPM-16 p50 / this = {r['speedup_vs_ddpm16']:.2f}x")
-    if graphs:  # the graphed U-Net must give the eager result: same seed, same chunk
+    if graphs:  # the graphed U-Net must give the eager result, bfloat16 nearly so: same seed, same chunk
         import numpy as np
         obs = {"agentview": np.zeros((96, 96, 3), np.uint8), "joint_pos": np.zeros(7, np.float32)}
         policy.set_sampler("ddim", 8)
-        policy.use_cuda_graph(False)
-        policy.reset()
-        eager = policy.predict_action_chunk(obs)
-        policy.use_cuda_graph(True)
-        policy.reset()
-        diff = float(np.abs(policy.predict_action_chunk(obs) - eager).max())
-        print(f"  cuda graph vs eager: max |difference| {diff:.2e}")
-        rows.append({"model": name, "check": "graph_vs_eager_max_abs", "value": diff})
+        chunks = {}
+        for label, graphed, dtype in modes:
+            policy.set_inference_dtype(dtype)
+            policy.use_cuda_graph(graphed)
+            policy.reset()
+            chunks[label] = policy.predict_action_chunk(obs)
+        span = float(np.ptp(chunks["eager"]))  # chunk values span this range (robot units)
+        for label, check in (("cuda graph", "graph_vs_eager_max_abs"), ("graph bf16", "bf16_vs_eager_max_abs")):
+            diff = float(np.abs(chunks[label] - chunks["eager"]).max())
+            print(f"  {label} vs eager: max |difference| {diff:.2e} (chunk values span {span:.2f})")
+            rows.append({"model": name, "check": check, "value": diff, "span": span})
+        policy.set_inference_dtype(torch.float32)
         policy.use_cuda_graph(False)
     training = train_speed(policy, device, 64, train_steps)
     training["model"] = name
@@ -287,11 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as err:  # ResNet-18 comes from torchvision
             print(f"full size: not measured, {err}")
         full = [r for r in results["models"].get("full", {}).get("latency", [])
-                if r.get("sampler") == "DDPM-16"]
-        if full:
-            best = min(r["p50_ms"] for r in full)
-            print(f"full size DDPM-16 best p50 {best:.2f} ms: {'meets' if best < 20 else 'MISSES'} the < 20 ms target")
-            results["target_20ms_met"] = best < 20
+                if r.get("sampler") == "DDPM-16" and r.get("mode") == "graph bf16"]
+        if full:  # what DiffusionPolicy.load gives on CUDA
+            p50 = full[0]["p50_ms"]
+            print(f"full size DDPM-16 as loaded on CUDA (graph, bf16 U-Net) p50 {p50:.2f} ms: "
+                  f"{'meets' if p50 < 20 else 'MISSES'} the < 20 ms target")
+            results["target_20ms_met"] = p50 < 20
     else:
         repeats, train_steps = (10, 3) if args.quick else (40, 10)
         results["models"]["cpu_preset"] = run_model("CPU preset", False, "cpu", repeats, train_steps, False)

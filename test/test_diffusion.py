@@ -111,6 +111,29 @@ def test_ddim_with_fewer_steps_stays_within_tolerance(trained, steps):
     assert err[0, 1] > 0.5 and err[1, 0] > 0.5, err
 
 
+def test_bfloat16_unet_samples_nearly_the_float32_chunks_and_refuses_training(trained):
+    policy, _ = trained
+    policy.set_sampler("ddim", 8)
+    policy.reset()
+    fp32 = policy.predict_action_chunk(obs(0))
+    try:
+        policy.set_inference_dtype(torch.bfloat16)
+        assert next(policy.unet.parameters()).dtype == torch.bfloat16
+        policy.reset()
+        bf16 = policy.predict_action_chunk(obs(0))
+        (images, q), chunks = toy_data()
+        with pytest.raises(ClassRosError, match="cannot train"):
+            policy.compute_loss({"cam": torch.from_numpy(images), "q": torch.from_numpy(q),
+                                 "action": torch.from_numpy(chunks)})
+    finally:
+        policy.set_inference_dtype(torch.float32)
+        policy.set_sampler("ddpm", 16)
+    err = np.abs(bf16 - fp32).max()
+    assert 0 < err < 0.05, err  # bf16 rounding shows, but the chunk is the same motion
+    with pytest.raises(ClassRosError, match="inference dtype"):
+        policy.set_inference_dtype(torch.float16)
+
+
 def test_untrained_policy_does_not_reproduce_the_chunks():
     policy = tiny_policy()  # the overfit test's thresholds must be able to fail
     err = chunk_errors(policy, n=2)
@@ -186,8 +209,9 @@ def test_sample_prediction_type_trains_on_the_clean_chunk():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_sampling_equals_eager_and_amp_loss_is_finite():
-    policy = tiny_policy().to("cuda").eval()
+def test_cuda_graph_sampling_equals_eager_and_amp_loss_is_finite(trained):
+    import copy
+    policy = copy.deepcopy(trained[0]).to("cuda").eval()
     policy.set_sampler("ddim", 8)
     policy.reset()
     eager = policy.predict_action_chunk(obs(0))
@@ -195,6 +219,10 @@ def test_cuda_graph_sampling_equals_eager_and_amp_loss_is_finite():
     policy.reset()
     graphed = policy.predict_action_chunk(obs(0))
     np.testing.assert_allclose(graphed, eager, atol=1e-4)
+    policy.set_inference_dtype(torch.bfloat16)  # what DiffusionPolicy.load does on CUDA
+    policy.reset()
+    np.testing.assert_allclose(policy.predict_action_chunk(obs(0)), eager, atol=0.05)
+    policy.set_inference_dtype(torch.float32)
     (images, q), chunks = toy_data()
     batch = {"cam": torch.from_numpy(images).cuda(), "q": torch.from_numpy(q).cuda(),
              "action": torch.from_numpy(chunks).cuda()}

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from class_ros.errors import ClassRosError
-from class_ros.policy.unet import ConditionalUnet1D, SinusoidalStepEmbedding, UNetConfig
+from class_ros.policy.unet import ConditionalUnet1D, SeqConv1d, SinusoidalStepEmbedding, UNetConfig
 
 TINY = UNetConfig(down_dims=[16, 32, 64], kernel_size=3, n_groups=4, step_embed_dim=16)
 
@@ -77,3 +77,26 @@ def test_gradients_reach_every_parameter():
     net(torch.randn(2, 8, 3), torch.tensor([1, 2]), torch.randn(2, 5)).square().mean().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(5, 1, 2), (3, 2, 1), (1, 1, 0)])
+@pytest.mark.parametrize("batch,length", [(1, 4), (3, 16)])
+def test_unet_gemm_convolution_equals_conv1d(kernel, stride, padding, batch, length):
+    torch.manual_seed(0)
+    conv = SeqConv1d(6, 10, kernel, stride=stride, padding=padding)
+    x = torch.randn(batch, 6, length)
+    library = conv(x)  # autograd on: the library convolution
+    with torch.no_grad():
+        gemm = conv(x)  # inference: the matrix-product form
+    torch.testing.assert_close(gemm, library.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gemm, torch.nn.functional.conv1d(x, conv.weight, conv.bias, stride, padding),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_whole_unet_inference_equals_training_forward():
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(action_dim=7, cond_dim=10, config=TINY).eval()
+    x, t, c = torch.randn(2, 16, 7), torch.tensor([3, 9]), torch.randn(2, 10)
+    with torch.no_grad():
+        inference = net(x, t, c)
+    torch.testing.assert_close(inference, net(x, t, c).detach(), atol=1e-5, rtol=1e-5)

@@ -114,6 +114,7 @@ class DiffusionPolicy(nn.Module):
         self.n_action_steps = config.n_action_steps
         self.seed = 0
         self._graphs: dict | None = None  # CUDA graphs of the U-Net per input shape, when enabled
+        self.inference_dtype = torch.float32  # the U-Net's weights; see set_inference_dtype
         self.set_sampler(config.sampler, config.num_inference_steps)
         self.reset()
 
@@ -142,6 +143,21 @@ class DiffusionPolicy(nn.Module):
         """
         self._graphs = {} if enabled else None
 
+    def set_inference_dtype(self, dtype: torch.dtype) -> None:
+        """Keep the U-Net's weights in `dtype` (float32 or bfloat16) for sampling; the encoder and the
+        scheduler arithmetic stay float32.
+
+        bfloat16 halves the weights each denoising step reads (the load that bounds one-observation latency
+        on a GPU); chunks differ from float32 ones by about 1e-2 in the normalised [-1, 1] space
+        (benchmarks/diffusion.py prints the difference). A bfloat16 policy samples but does not train.
+        """
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ClassRosError(f"inference dtype must be torch.float32 or torch.bfloat16, not {dtype}.")
+        self.unet.to(dtype)
+        self.inference_dtype = dtype
+        if self._graphs is not None:
+            self._graphs = {}  # captured graphs read the old weights
+
     def _graphed_inference(self, batch: dict[str, torch.Tensor]):
         """The captured graph for this batch's shapes and the current sampler, or None to run eagerly."""
         if self._graphs is None or self.device.type != "cuda":
@@ -167,8 +183,10 @@ class DiffusionPolicy(nn.Module):
     def _denoise_loop(self, x: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None,
                       timesteps: list[int], t_tensors: list[torch.Tensor]) -> torch.Tensor:
         """From noise x (B, H, D): one U-Net call and one scheduler step per timestep -> normalised chunks."""
+        dt = self.inference_dtype
         for t, t_dev in zip(timesteps, t_tensors):
-            x = self.sampler.step(self.unet(x, t_dev, cond), t, x, generator=generator).prev_sample
+            eps = self.unet(x.to(dt), t_dev, cond.to(dt)).float()
+            x = self.sampler.step(eps, t, x, generator=generator).prev_sample
         return x
 
     @torch.no_grad()
@@ -225,6 +243,9 @@ class DiffusionPolicy(nn.Module):
         """Denoising MSE of a batch {camera: (B, H, W, 3) uint8, proprio: (B, d), "action": (B, H, D) robot units}."""
         actions = batch[ACTION]
         B, H, D = actions.shape  # batch, chunk length, action dims
+        if self.inference_dtype != torch.float32:
+            raise ClassRosError(f"this policy's U-Net was cast to {self.inference_dtype} for sampling and cannot "
+                                "train; load the run again (DiffusionPolicy.from_run_config) to fine-tune it.")
         if H != self.config.horizon:
             raise ClassRosError(f"training chunks have {H} steps but the policy predicts {self.config.horizon}.")
         x0 = self.action_normalizer.normalize(actions.float())  # (B, H, D) in [-1, 1]
@@ -273,8 +294,13 @@ class DiffusionPolicy(nn.Module):
         run.record_file(path)
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike, device: str = "cpu") -> "DiffusionPolicy":
-        """The trained policy (EMA weights) of a diffusion run, ready for predict_action_chunk."""
+    def load(cls, run_dir: str | os.PathLike, device: str = "cpu",
+             inference_dtype: torch.dtype | None = None) -> "DiffusionPolicy":
+        """The trained policy (EMA weights) of a diffusion run, ready for predict_action_chunk.
+
+        On CUDA it samples from a CUDA graph with a bfloat16 U-Net (inference_dtype=None picks bfloat16
+        there, float32 on CPUs): full size DDPM-16 in under 20 ms per chunk (benchmarks/diffusion.py).
+        """
         from class_ros.data.rundir import RunDir
 
         run = RunDir.open(run_dir, kind="diffusion")
@@ -288,7 +314,9 @@ class DiffusionPolicy(nn.Module):
             raise ClassRosError(f"{run_dir} weights do not fit its config ({str(err).splitlines()[0]}); "
                                 "the run is damaged or from another version.") from err
         policy.to(device).eval()
-        policy.use_cuda_graph(policy.device.type == "cuda")  # fewer kernel launches per step; benchmarks/diffusion.py
+        on_cuda = policy.device.type == "cuda"
+        policy.set_inference_dtype(inference_dtype or (torch.bfloat16 if on_cuda else torch.float32))
+        policy.use_cuda_graph(on_cuda)  # one launch per chunk instead of hundreds
         policy.reset()
         return policy
 
