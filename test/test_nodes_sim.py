@@ -123,6 +123,48 @@ def test_sim_node_topics_commands_and_reset(sim_graph):
     assert lis.msgs["success"] and not lis.msgs["success"][-1][1].data  # the arm lifted nothing
 
 
+def test_after_reset_the_sim_ignores_the_old_pose_until_the_controller_re_anchors(sim_graph):
+    """A controller still holding the previous episode's pose must not drag the arm off its new start."""
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import Trigger
+
+    graph, lis = sim_graph
+    lis.wait("js", 20)
+    start = np.array(lis.msgs["js"][-1][1].position)
+    old = start.copy()
+    old[0] += 0.4  # "the previous episode's pose", gripper closed
+    sim = graph.nodes["sim_node"]
+    cli = lis.node.create_client(Trigger, "/sim_node/reset")
+    assert cli.wait_for_service(timeout_sec=10)
+    sim.set_parameters([Parameter("seed", value=7)])
+    fut = cli.call_async(Trigger.Request())
+    end = time.monotonic() + 10
+    while not fut.done() and time.monotonic() < end:
+        time.sleep(0.01)
+    assert fut.result().success
+    time.sleep(0.2)
+    new_start = np.array(lis.msgs["js"][-1][1].position)
+
+    def command(q, seconds):
+        for _ in range(int(seconds / 0.02)):
+            lis.arm_pub.publish(lis.Float64MultiArray(data=[float(v) for v in q[:6]]))
+            lis.grip_pub.publish(lis.Float64MultiArray(data=[float(q[6])]))
+            time.sleep(0.02)
+        time.sleep(0.3)
+        return np.array(lis.msgs["js"][-1][1].position)
+
+    held = old.copy()
+    held[6] = 1.0
+    q = command(held, 0.6)  # the stale hold: ignored
+    np.testing.assert_allclose(q, new_start, atol=0.02)
+    assert sim.ignored_after_reset > 0
+    q = command(new_start, 0.2)  # re-anchored: agrees with the start pose, accepted
+    target = new_start.copy()
+    target[0] += 0.3
+    q = command(target, 0.8)  # and from then on commands move the arm again
+    assert q[0] == pytest.approx(target[0], abs=0.05)
+
+
 def test_camera_node_reports_a_bad_encoding_once(sim_graph, caplog):
     graph, lis = sim_graph
     cam = graph.nodes["camera_node"]

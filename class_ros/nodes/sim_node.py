@@ -9,6 +9,11 @@ targets), /gripper_controller/commands (1 value, 0 open .. 1 closed) and
 /joint_trajectory_controller/joint_trajectory. `~/reset` (std_srvs/Trigger) starts a new episode from
 the `seed` parameter. Physics advances in real time, one joint-state period per tick.
 
+A reset teleports the world, but a controller keeps sending the pose it held before (arm_command_node
+holds its last command under e-stop). So after `~/reset` the sim ignores commands until they agree
+with the new start pose within `RESET_AGREEMENT` - that is, until the controller has re-anchored at the
+measured state (arm_command_node's `~/reset_estop`); a throttled warning says when it is waiting.
+
 All MuJoCo work (physics, rendering, resets) happens in one thread owned by the node: an EGL
 context belongs to the thread that made it current, and executors run callbacks on any thread.
 ROS callbacks only hand commands and reset requests to that thread.
@@ -29,6 +34,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes.common import declare, require, run_node
+
+RESET_AGREEMENT = 0.05  # rad (gripper: 0..1 units): a command this close to the start pose is "re-anchored"
 
 
 class SimNode(Node):
@@ -62,6 +69,8 @@ class SimNode(Node):
         self._lock = threading.Lock()
         self._targets: dict[int, float] = {}  # joint index -> pending target, applied by the sim thread
         self._reset_request: int | None = None
+        self._await_anchor = False  # after ~/reset: ignore commands until they agree with the start pose
+        self.ignored_after_reset = 0  # commands dropped that way since the last reset
         self._reset_done = threading.Event()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -165,12 +174,24 @@ class SimNode(Node):
             seed, self._reset_request = self._reset_request, None
         if seed is not None:
             self._start_episode(seed)
+            self._await_anchor, self.ignored_after_reset = True, 0
             self._reset_done.set()
             return
         if targets:
+            new = self.current_targets.copy()
             for i, v in targets.items():
-                self.current_targets[i] = v
-            self.env.set_targets(self.current_targets)
+                new[i] = v
+            if self._await_anchor:
+                if np.max(np.abs(new - self.current_targets)) > RESET_AGREEMENT:
+                    if self.ignored_after_reset == 0:
+                        self.get_logger().info(
+                            "after ~/reset: ignoring commands away from the new start pose until the controller "
+                            "re-anchors at the measured state (arm_command_node: ~/reset_estop)")
+                    self.ignored_after_reset += 1
+                    return
+                self._await_anchor = False
+            self.current_targets = new
+            self.env.set_targets(new)
 
     def _start_episode(self, seed: int) -> None:
         """New episode from `seed`; the targets start at the new start pose."""
