@@ -49,3 +49,12 @@ def test_seed_from_demo_copies_only_a_finished_demo_of_the_same_task(tmp_path):
     assert sorted(p.name for p in (tmp_path / "lift" / "stamps").iterdir()) == sorted(
         f"{n}.json" for n in camera_shift.SHARED_WITH_DEMO)
     assert not camera_shift.seed_from_demo(demo, tmp_path / "lift", "lift")  # never over an existing run
+
+
+def test_quick_preset_shares_the_demo_stages_settings_so_a_finished_demo_is_reused():
+    import yaml
+    demo = yaml.safe_load((camera_shift.REPO / "training/configs/demo.yaml").read_text())
+    quick = camera_shift.preset_config("quick", "lift", "cpu")
+    for section in ("sim_demos", "convert", "dtw", "pretrain", "index"):
+        assert quick[section] == demo[section], section
+    assert (quick["task"], quick["seed"], quick["device"]) == (demo["task"], demo["seed"], demo["device"])
