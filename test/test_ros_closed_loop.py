@@ -296,3 +296,20 @@ def test_policy_node_diffusion_reads_image_and_joint_state(demos, random_run):
             assert np.all(np.isfinite([p.positions for p in chunk.points]))
         finally:
             probe.close()
+
+
+def test_evaluate_through_ros_runs_the_direct_evaluations_episodes(trained_run, tmp_path):
+    """`class-ros evaluate --ros`: the same episode seeds as the direct evaluation, the same result keys."""
+    from class_ros.cli import main
+    from class_ros.sim.env import episode_seed
+    from training.evaluate import EVAL_STREAM, summary_line
+
+    out = tmp_path / "ros.json"
+    assert main(["evaluate", "--run", str(trained_run), "--camera", "fixed", "--episodes", "1", "--seed", "5",
+                 "--ros", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["through"] == "ros" and res["episodes"] == 1
+    assert res["episode_seeds"] == [episode_seed(5, 0, EVAL_STREAM)]
+    assert res["episode_details"][0]["sim_time_s"] > 0
+    assert 0.0 <= res["ci_low"] <= res["success_rate"] <= res["ci_high"] <= 1.0
+    assert summary_line(res).startswith(f"success {res['successes']}/1")

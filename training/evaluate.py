@@ -2,7 +2,7 @@
 
 Usage:
     class-ros evaluate --run RUN --policy retrieval|diffusion --task lift --camera heldout \
-        --episodes 50 --seed 0 [--out eval.json] [--video 3] [--device cpu]
+        --episodes 50 --seed 0 [--out eval.json] [--video 3] [--device cpu] [--ros]
 
 Each episode resets the env with its own seed (the evaluation seed stream, so scenes differ from
 `sim-demos` scenes with the same --seed), asks the policy for an action chunk (H, 7) and executes its
@@ -10,6 +10,11 @@ first `policy.n_action_steps` actions (8 when the policy does not say), until su
 time limit. Writes a JSON with the success rate and its 95% Wilson interval, per-episode success and
 completion times, and an mp4 of the first `--video` episodes; prints one summary line.
 `evaluate_policy` takes any object with `reset()` and `predict_action_chunk(obs) -> (H, 7)`.
+
+`--ros` runs the same episodes (same seeds, so results compare episode by episode) through the ROS 2
+graph instead: sim_node plays the robot in its own process, camera_node -> embedding_node ->
+policy_node -> arm_command_node (safety filter, ensembling) command it over DDS in real time
+(class_ros.nodes.graph.run_closed_loop). No video; the JSON adds the loop's latency.
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=int, default=2, metavar="N", help="episodes in the mp4 (default 2; 0: none)")
     parser.add_argument("--device", default="cpu", help="torch device of the policy (default cpu)")
     parser.add_argument("--image-size", type=int, default=96, help="camera image size in pixels (default 96)")
+    parser.add_argument("--ros", action="store_true",
+                        help="run the episodes through the ROS 2 graph with sim_node (real nodes, real time)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +59,15 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise ClassRosError(f"run directory {run_dir} does not exist; pass the folder a training step wrote.")
-    out = Path(args.out) if args.out else run_dir / "eval" / f"{args.policy}_{args.task}_{args.camera}.json"
+    name = f"{args.policy}_{args.task}_{args.camera}{'_ros' if args.ros else ''}.json"
+    out = Path(args.out) if args.out else run_dir / "eval" / name
+    if args.ros:
+        result = evaluate_through_ros(run_dir, args.policy, args.task, args.camera, args.episodes, args.seed,
+                                      args.device)
+        write_json(out, result)
+        print(f"evaluate: {args.policy} on {args.task}/{args.camera} through ROS: {summary_line(result)}, loop "
+              f"latency p50 {result['latency_p50_ms']:.1f} ms / p99 {result['latency_p99_ms']:.1f} ms; wrote {out}")
+        return 0
     policy = load_policy(run_dir, kind=args.policy, device=args.device)
     video = out.with_suffix(".mp4") if args.video > 0 else None
     result = evaluate_policy(policy, task=args.task, camera=args.camera, episodes=args.episodes, seed=args.seed,
@@ -63,6 +78,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluate: {args.policy} on {args.task}/{args.camera}: {summary_line(result)}; wrote {out}"
           + (f" and {video}" if video else ""))
     return 0
+
+
+def evaluate_through_ros(run_dir, policy: str, task: str, camera: str, episodes: int, seed: int,
+                         device: str = "cpu") -> dict:
+    """The episodes `evaluate_policy` would run (same seeds), through the ROS graph; the same result keys."""
+    from class_ros.nodes.graph import run_closed_loop
+    from class_ros.sim.env import episode_seed
+    from class_ros.sim.stats import wilson_interval
+
+    if episodes < 1:
+        raise ClassRosError(f"--episodes must be at least 1, got {episodes}.")
+    seeds = [episode_seed(seed, i, EVAL_STREAM) for i in range(episodes)]
+    node_params = {"policy_node": {"device": device}, "embedding_node": {"device": device}}
+    res = run_closed_loop(run_dir, task, camera, seeds=seeds, policy=policy, node_params=node_params)
+    lo, hi = wilson_interval(res["successes"], episodes)
+    per_episode = [e["success"] for e in res["episodes"]]
+    return {**res, "episodes": episodes, "seed": seed, "ci_low": lo, "ci_high": hi, "ci95": [lo, hi],
+            "episode_success": per_episode, "episode_seeds": seeds, "episode_details": res["episodes"],
+            "run": str(run_dir), "through": "ros"}
 
 
 def summary_line(result: dict) -> str:
