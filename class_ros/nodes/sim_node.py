@@ -12,7 +12,7 @@ the `seed` parameter. Physics advances in real time, one joint-state period per 
 A reset teleports the world, but a controller keeps sending the pose it held before (arm_command_node
 holds its last command under e-stop). So after `~/reset` the sim ignores commands until they agree
 with the new start pose within `RESET_AGREEMENT` - that is, until the controller has re-anchored at the
-measured state (arm_command_node's `~/reset_estop`); a throttled warning says when it is waiting.
+measured state (arm_command_node's `~/reset_estop`); it logs once per reset when it is waiting.
 
 All MuJoCo work (physics, rendering, resets) happens in one thread owned by the node: an EGL
 context belongs to the thread that made it current, and executors run callbacks on any thread.
