@@ -122,14 +122,15 @@ def _stages():
     def evaluate(name):
         def work(d):
             from class_ros.policy import load_policy
+            from training.demo import eval_seed
             from training.evaluate import evaluate_policy
             folder, kind = POLICIES[name]
             results = {}
-            for i, camera in enumerate(d.cfg["evaluate"]["cameras"]):
+            for camera in d.cfg["evaluate"]["cameras"]:
                 policy = load_policy(d.path(folder), kind=kind, device=d.cfg["device"])
-                # Same seeds for every policy: the cells of one column compare the same scenes.
+                # Same seeds for every policy (and the demo): the cells of one column compare the same scenes.
                 res = evaluate_policy(policy, task=d.cfg["task"], camera=camera,
-                                      episodes=d.cfg["evaluate"]["episodes"], seed=d.cfg["seed"] + 1000 * (i + 1))
+                                      episodes=d.cfg["evaluate"]["episodes"], seed=eval_seed(d.cfg, camera))
                 results[camera] = _jsonable(res)
             save_json(d.path(f"eval/{name}.json"), results)
             return results

@@ -107,7 +107,9 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
         ev = json.loads((out / "eval" / f"{cam}.json").read_text())
         assert ev["episodes"] == 2 and f"| {cam} | direct | {ev['successes']}/2 |" in report
     loop = json.loads((out / "closed_loop.json").read_text())
-    assert len(loop["episodes"]) == 1 and loop["latency_ms"]
+    assert loop["episodes"] == 1 and len(loop["episode_details"]) == 1 and loop["latency_ms"]
+    direct = json.loads((out / "eval" / "heldout.json").read_text())
+    assert loop["episode_seeds"] == direct["episode_seeds"][:1]  # the same scenes as the direct evaluation
     assert f"| heldout (ROS graph) | ROS | {loop['successes']}/1 |" in report
     assert f"p50 **{np.percentile(loop['latency_ms'], 50):.1f} ms**" in report
 

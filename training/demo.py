@@ -170,21 +170,28 @@ def _evaluate(d: Demo) -> dict:
     from training.evaluate import evaluate_policy
     c = d.cfg["evaluate"]
     results = {}
-    for i, camera in enumerate(c["cameras"]):
+    for camera in c["cameras"]:
         policy = load_policy(d.class_run, kind=c["policy"], device=d.cfg["device"])
         res = evaluate_policy(policy, task=d.cfg["task"], camera=camera, episodes=c["episodes"],
-                              seed=d.cfg["seed"] + 1000 * (i + 1), image_size=(d.cfg["sim_demos"]["image_size"],) * 2,
+                              seed=eval_seed(d.cfg, camera), image_size=(d.cfg["sim_demos"]["image_size"],) * 2,
                               video_path=d.path(f"eval/{camera}.mp4"))
         save_json(d.path(f"eval/{camera}.json"), _jsonable(res))
         results[camera] = _jsonable(res)
     return results
 
 
+def eval_seed(cfg: dict, camera: str) -> int:
+    """Base seed of the evaluation episodes on `camera`: one per camera mode, shared by the direct and
+    the ROS evaluation so their episodes are the same scenes."""
+    cameras = list(cfg["evaluate"]["cameras"])
+    return cfg["seed"] + 1000 * (cameras.index(camera) + 1 if camera in cameras else len(cameras) + 1)
+
+
 def _closed_loop(d: Demo) -> dict:
-    from class_ros.nodes.graph import run_closed_loop
+    from training.evaluate import evaluate_through_ros
     c = d.cfg["closed_loop"]
-    res = run_closed_loop(d.class_run, task=d.cfg["task"], camera=c["camera"], episodes=c["episodes"],
-                          seed=d.cfg["seed"] + 5000, policy=c["policy"])
+    res = evaluate_through_ros(d.class_run, c["policy"], d.cfg["task"], c["camera"], c["episodes"],
+                               eval_seed(d.cfg, c["camera"]), d.cfg["device"])
     res = _jsonable(res)
     save_json(d.path("closed_loop.json"), res)
     return res
@@ -225,7 +232,7 @@ STAGES = [
           _index_key, ["index"]),
     Stage("evaluate", ["training.evaluate", "class_ros.policy"], 4, ["index"],
           ["eval"], _evaluate, _eval_key, ["evaluate"]),
-    Stage("closed-loop", ["class_ros.nodes.graph"], 8, ["index"], ["closed_loop.json"], _closed_loop,
+    Stage("closed-loop", ["class_ros.nodes.graph", "training.evaluate"], 8, ["index"], ["closed_loop.json"], _closed_loop,
           _loop_key, ["closed_loop"]),
     Stage("report", ["training.report"], 9, ["dtw", "pretrain", "index", "evaluate", "closed-loop"],
           ["report.md"], _report, lambda s: s.get("report", ""), ["report"], partial_ok=True),
