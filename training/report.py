@@ -559,7 +559,7 @@ def _gather_neighbours(demo, cfg, inputs, rng) -> None:
 def _success_record(res: dict, via: str) -> dict:
     """An evaluation dict (direct or through ROS) as {"successes", "episodes", "ci_low", "ci_high", "via"}."""
     n = res.get("episodes", res.get("n_episodes", 0))
-    n = len(n) if isinstance(n, list) else int(n)  # the closed loop lists its episodes
+    n = len(n) if isinstance(n, list) else int(n)  # older closed-loop files list their episodes
     if "successes" in res:
         s = int(res["successes"])
     else:
