@@ -148,7 +148,7 @@ class ArmCommandNode(Node):
         missing = [n for n in self.joints if n not in index]
         if missing or len(msg.position) != len(msg.name):
             self.get_logger().warning(f"joint_states lacks {missing or 'positions'}; ignoring it",
-                                   throttle_duration_sec=5.0)
+                                      throttle_duration_sec=5.0)
             return
         q = [msg.position[index[n]] for n in self.joints]
         if self.has_gripper:
@@ -199,7 +199,7 @@ class ArmCommandNode(Node):
         if not dt > 0:
             self.rejected_chunks += 1
             self.get_logger().warning("rejected an action chunk: time_from_start is not increasing",
-                                   throttle_duration_sec=2.0)
+                                      throttle_duration_sec=2.0)
             return
         stamp = stamp_to_sec(msg.header.stamp) + float(t[0])
         self.ensembler.add(stamp, dt, points, now=now_sec(self))

@@ -190,13 +190,17 @@ class DiffusionPolicy(nn.Module):
             x = self.sampler.step(eps, t, x, generator=generator).prev_sample
         return x
 
+    def _timesteps(self, device: torch.device) -> tuple[list[int], list[torch.Tensor]]:
+        """The sampler's timesteps as host ints (the scheduler looks them up each step, which must not
+        sync the device) and as scalar tensors on `device` for the U-Net."""
+        self.sampler.set_timesteps(self.num_inference_steps, device="cpu")
+        timesteps = [int(t) for t in self.sampler.timesteps]
+        return timesteps, [torch.tensor(t, device=device) for t in timesteps]
+
     @torch.no_grad()
     def sample_normalized(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, F) observation features -> (B, H, D) action chunks in the normalised [-1, 1] space."""
-        # Timesteps on the host: the scheduler looks them up each step, which must not sync the device.
-        self.sampler.set_timesteps(self.num_inference_steps, device="cpu")
-        timesteps = [int(t) for t in self.sampler.timesteps]
-        t_tensors = [torch.tensor(t, device=cond.device) for t in timesteps]
+        timesteps, t_tensors = self._timesteps(cond.device)
         return self._denoise_loop(self._initial_noise(cond, generator), cond, generator, timesteps, t_tensors)
 
     @torch.no_grad()
@@ -327,10 +331,8 @@ class _GraphedInference:
 
     def __init__(self, policy: DiffusionPolicy, batch: dict[str, torch.Tensor]):
         self.inputs = {k: v.clone() for k, v in batch.items()}
-        policy.sampler.set_timesteps(policy.num_inference_steps, device="cpu")
-        timesteps = [int(t) for t in policy.sampler.timesteps]
-        # Kept as attributes: the graph reads these buffers' memory at every replay, so they must outlive it.
-        self.t_tensors = [torch.tensor(t, device=policy.device) for t in timesteps]  # made before capture
+        # t_tensors kept as an attribute: the graph reads their memory at every replay, so they must outlive it.
+        timesteps, self.t_tensors = policy._timesteps(policy.device)  # made before capture
         with torch.no_grad():
             self.noise = policy._initial_noise(policy.encoder(self.inputs), None)
 

@@ -231,4 +231,3 @@ def _load_triton_before_gl() -> None:
         import triton  # noqa: F401
     except ImportError:
         pass
-

@@ -23,11 +23,11 @@ LIFT_HEIGHT = 0.10  # lift: cube centre above this (m) is success
 TARGET_HALF = 0.045  # push: half size of the square target region (m)
 PLATE_RADIUS = 0.07
 PLATE_TOP = 0.012
-RELEASED_BELOW = 0.5
+RELEASED_BELOW = 0.5  # pick_place: gripper opening (0 open .. 1 closed) below this = let go
 # lift: cube position range (m); narrower than the other tasks' so that 40 demonstrations cover it densely
 # enough for nearest-neighbour control (a retrieved chunk grasps where its demonstration's cube was).
 LIFT_X = (0.30, 0.44)
-LIFT_Y = 0.12  # pick_place: gripper opening (0 open .. 1 closed) below this = let go
+LIFT_Y = 0.12  # |y| bound
 
 
 def check_task(task: str) -> str:
