@@ -36,7 +36,7 @@ setup(
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
-            "class-ros = class_ros.cli:main",
+            "class-ros = class_ros.cli:entry",
             *[f"{node} = class_ros.nodes.{node}:main" for node in NODES],
         ],
     },

@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 from class_ros.errors import ClassRosError
+
+INTERRUPTED = 130  # exit status after Ctrl-C, as shells report it
 
 # name -> (module, one-line help, issue that builds it)
 STEPS: dict[str, tuple[str, str, int]] = {
@@ -88,8 +91,23 @@ def _call(fn, args, step: str) -> int:
     except KeyboardInterrupt:
         print(f"class-ros {step}: interrupted; completed outputs are kept, partial ones were discarded.",
               file=sys.stderr)
-        return 130
+        return INTERRUPTED
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """The `class-ros` console script: run `main()` and exit with its status.
+
+    After an interrupt `_call` has already cleaned up and reported, so the process leaves through `os._exit(130)`:
+    CPython would otherwise kill itself with SIGINT at exit whenever the Ctrl-C landed inside a library's `exec` of
+    generated code (rosbags builds its serialisers that way), although the interrupt was handled.
+    """
+    code = main(argv)
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

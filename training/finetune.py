@@ -296,5 +296,5 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":  # torchrun -m training.finetune ...
     import sys
 
-    from class_ros.cli import main
-    sys.exit(main(["finetune", *sys.argv[1:]]))
+    from class_ros.cli import entry
+    entry(["finetune", *sys.argv[1:]])

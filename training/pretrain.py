@@ -405,5 +405,5 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":  # torchrun -m training.pretrain ...
     import sys
 
-    from class_ros.cli import main
-    sys.exit(main(["pretrain", *sys.argv[1:]]))
+    from class_ros.cli import entry
+    entry(["pretrain", *sys.argv[1:]])

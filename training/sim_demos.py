@@ -18,6 +18,7 @@ unless `--keep-failed`; OUT/sim_demos.json records how many were tried.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -136,14 +137,21 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
     return summary
 
 
+@functools.cache
+def _typestore():
+    """One typestore per process: rosbags generates its serialisers lazily, once per store."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
 class _BagTopics:
     """A rosbag2 writer with the four sim topics and the message constructors they need."""
 
     def __init__(self, path: Path, storage: str):
         from rosbags.rosbag2 import StoragePlugin, Writer
-        from rosbags.typesys import Stores, get_typestore
 
-        self.ts = get_typestore(Stores.ROS2_KILTED)
+        self.ts = _typestore()
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         self.writer = Writer(path, version=9, storage_plugin=plugin)
         self.writer.open()
