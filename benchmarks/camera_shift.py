@@ -1,7 +1,7 @@
 """Camera-shift benchmark: does CLASS keep working when the camera moves, where plain behaviour cloning fails?
 
 Usage:
-    python benchmarks/camera_shift.py --quick          # CPU preset, about 30 minutes per task on 2 cores
+    python benchmarks/camera_shift.py --quick          # CPU preset, 52 minutes for both tasks on 2 cores
     python benchmarks/camera_shift.py --preset full    # sized for a GPU machine (more demos, longer training)
     python benchmarks/camera_shift.py --preset smoke   # 2 episodes per cell: checks the wiring, NOT a result
     python benchmarks/camera_shift.py                  # full when CUDA is available, else quick
@@ -59,7 +59,7 @@ PRESETS = {
     # The demo's data and pre-training settings (training/configs/demo.yaml), so a finished `make demo` is
     # reused for lift (--demo). Fine-tuning runs ~7 steps/s on 2 cores, so the quick preset fine-tunes 2000
     # steps (half of finetune_cpu.yaml's 4000); evaluation is cheap next to training, so it keeps 50
-    # episodes per cell. Measured: 31 (lift) and 33 (pick_place) minutes on 2 shared cores.
+    # episodes per cell. Measured from nothing on 2 idle cores: 22 (lift) + 30 (pick_place) = 52 minutes.
     "quick": {"sim_demos": {"episodes": 80},
               "pretrain": {"overrides": {"steps": 4000}}, "index": {"k": 8},
               "finetune": {"overrides": {"steps": 2000}},
