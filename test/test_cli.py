@@ -1,4 +1,5 @@
 """The `class-ros` command: every planned step is listed; errors are one line."""
+import os
 import subprocess
 import sys
 
@@ -25,3 +26,19 @@ def test_not_built_step_is_one_clear_line(monkeypatch, capsys):
     assert main(["dtw", "--dataset", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["class-ros dtw: this step is not built yet (planned in issue #3)."]
+
+
+def test_an_interrupt_inside_generated_code_still_exits_130(tmp_path):
+    """CPython kills a `-m` process with SIGINT at exit when a Ctrl-C escaped an `exec` of a string - rosbags
+    generates its serialisers that way - even after the CLI handled it; `entry` must exit 130 regardless."""
+    (tmp_path / "interrupted_step.py").write_text(
+        "from class_ros import cli\n"
+        "def step(args):\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "cli.main = lambda argv: cli._call(step, None, 'sim-demos')\n"
+        "cli.entry([])\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "interrupted_step"], cwd=tmp_path, env=env, capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 130, proc.stderr.decode()[-500:]
+    assert b"interrupted; completed outputs are kept" in proc.stderr
