@@ -62,11 +62,10 @@ def run(args) -> int:
 # ---------------------------------------------------------------- configuration
 def load_config(preset: str) -> dict:
     """The demo settings of a preset (training/configs/demo*.yaml) as a dict."""
-    import yaml
+    from class_ros.config import read_yaml_mapping
     if preset not in PRESETS:
         raise ClassRosError(f"unknown demo preset {preset!r}; choose one of {sorted(PRESETS)}.")
-    with open(CONFIGS / PRESETS[preset]) as f:
-        return yaml.safe_load(f)
+    return read_yaml_mapping(CONFIGS / PRESETS[preset], "demo")
 
 
 def _hash(obj) -> str:
@@ -143,9 +142,8 @@ def _dtw(d: Demo) -> dict:
 
 def merged_config(section: dict) -> dict:
     """A step's YAML preset (`base`, relative to the repository) with the demo's `overrides` on top."""
-    import yaml
-    with open(REPO / section["base"]) as f:
-        config = yaml.safe_load(f)
+    from class_ros.config import read_yaml_mapping
+    config = read_yaml_mapping(REPO / section["base"], "training")
     for key, value in (section.get("overrides") or {}).items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from class_ros.encoder.config import EncoderConfig
 from class_ros.config import config_from_dict, read_yaml_mapping
+from class_ros.encoder.config import EncoderConfig
 from class_ros.errors import ClassRosError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

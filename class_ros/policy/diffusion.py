@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from class_ros.config import config_from_dict
 from class_ros.encoder.config import EncoderConfig
 from class_ros.encoder.model import ObservationEncoder
-from class_ros.config import config_from_dict
 from class_ros.errors import ClassRosError
 from class_ros.policy.unet import ConditionalUnet1D, UNetConfig
 
