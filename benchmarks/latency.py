@@ -66,7 +66,7 @@ def build_small_run(out: Path, episodes: int = 10, steps: int = 150) -> Path:
 
 def bench_graph(run_dir: Path, frames: int, processes: bool) -> dict:
     """Latency samples from the sim + policy graph until `frames` chunks reached the arm."""
-    from class_ros.nodes.graph import run_closed_loop
+    from class_ros.nodes.closed_loop import run_closed_loop
 
     # One long episode with a chunk for every camera frame (replan_period 0), so there is one latency
     # sample per frame (30 Hz).

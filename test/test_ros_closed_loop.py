@@ -249,7 +249,7 @@ def test_graph_command_as_processes_moves_the_sim_arm(random_run):
 
 @pytest.mark.slow
 def test_closed_loop_through_ros_lifts_with_the_trained_run(demos, trained_run):
-    from class_ros.nodes.graph import run_closed_loop
+    from class_ros.nodes.closed_loop import run_closed_loop
 
     # The demonstrated layouts (cube pose, arm start), replayed by seed through sim_node's ~/reset.
     summary = json.loads(next((demos / "bags").glob("*.json")).read_text())

@@ -230,8 +230,8 @@ STAGES = [
           _index_key, ["index"]),
     Stage("evaluate", ["training.evaluate", "class_ros.policy"], 4, ["index"],
           ["eval"], _evaluate, _eval_key, ["evaluate"]),
-    Stage("closed-loop", ["class_ros.nodes.graph", "training.evaluate"], 8, ["index"], ["closed_loop.json"],
-          _closed_loop, _loop_key, ["closed_loop"]),
+    Stage("closed-loop", ["class_ros.nodes.closed_loop", "training.evaluate"], 8, ["index"],
+          ["closed_loop.json"], _closed_loop, _loop_key, ["closed_loop"]),
     Stage("report", ["training.report"], 9, ["dtw", "pretrain", "index", "evaluate", "closed-loop"],
           ["report.md"], _report, lambda s: s.get("report", ""), ["report"], partial_ok=True),
 ]

@@ -14,7 +14,7 @@ completion times, and an mp4 of the first `--video` episodes; prints one summary
 `--ros` runs the same episodes (same seeds, so results compare episode by episode) through the ROS 2
 graph instead: sim_node plays the robot in its own process, camera_node -> embedding_node ->
 policy_node -> arm_command_node (safety filter, ensembling) command it over DDS in real time
-(class_ros.nodes.graph.run_closed_loop). No video; the JSON adds the loop's latency.
+(class_ros.nodes.closed_loop.run_closed_loop). No video; the JSON adds the loop's latency.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 def evaluate_through_ros(run_dir, policy: str, task: str, camera: str, episodes: int, seed: int,
                          device: str = "cpu") -> dict:
     """The episodes `evaluate_policy` would run (same seeds), through the ROS graph; the same result keys."""
-    from class_ros.nodes.graph import run_closed_loop
+    from class_ros.nodes.closed_loop import run_closed_loop
     from class_ros.sim.env import episode_seed
     from class_ros.sim.stats import wilson_interval
 
