@@ -145,15 +145,12 @@ def _stages():
 
     base = [s for s in STAGES if s.name in ("sim-demos", "convert", "dtw", "pretrain", "index")]
     extra = [
-        Stage("random-encoder", ["training.index"], 6, ["index"], ["random_run"], random_encoder,
+        Stage("random-encoder", ["index"], ["random_run"], random_encoder,
               lambda s: f"{s['n']} frames indexed", ["index"]),
-        Stage("dp-scratch-train", ["training.finetune"], 7, ["convert"], ["dp_scratch"], finetune(False),
-              loss_key, ["finetune"]),
-        Stage("dp-class-train", ["training.finetune"], 7, ["pretrain"], ["dp_class"], finetune(True),
-              loss_key, ["finetune"]),
+        Stage("dp-scratch-train", ["convert"], ["dp_scratch"], finetune(False), loss_key, ["finetune"]),
+        Stage("dp-class-train", ["pretrain"], ["dp_class"], finetune(True), loss_key, ["finetune"]),
     ]
-    evals = {name: Stage(f"eval-{name}", ["training.evaluate", "class_ros.policy"], 4, [dep],
-                         [f"eval/{name}.json"], evaluate(name), eval_key, ["evaluate"])
+    evals = {name: Stage(f"eval-{name}", [dep], [f"eval/{name}.json"], evaluate(name), eval_key, ["evaluate"])
              for name, dep in (("class-retrieval", "index"), ("random-retrieval", "random-encoder"),
                                ("dp-scratch", "dp-scratch-train"), ("dp-class", "dp-class-train"))}
     random_enc, dp_scratch, dp_class = extra
@@ -189,10 +186,11 @@ def seed_from_demo(demo: Path, task_dir: Path, task: str) -> bool:
 
 def cell(res: dict | None) -> dict | None:
     """An evaluation dict as {"successes", "episodes", "rate", "ci_low", "ci_high"}."""
-    from training.report import _success_record, success_rows
+    from training.report import success_rows
+    from training.report_inputs import success_record
     if res is None:
         return None
-    return success_rows({"x": _success_record(res, "direct")})[0]
+    return success_rows({"x": success_record(res, "direct")})[0]
 
 
 def markdown_table(results: dict, note: str, machine: str) -> str:

@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from class_ros.cli import STEPS, main
+from class_ros.cli import STEPS
 
 PLANNED = ["sim-demos", "convert", "import-robomimic", "dtw", "pretrain", "index", "finetune", "evaluate",
            "demo", "graph"]
@@ -19,13 +19,6 @@ def test_help_lists_every_planned_step():
 def test_unknown_step_fails():
     proc = subprocess.run([sys.executable, "-m", "class_ros.cli", "teleport"], capture_output=True, text=True)
     assert proc.returncode != 0 and "invalid choice" in proc.stderr
-
-
-def test_not_built_step_is_one_clear_line(monkeypatch, capsys):
-    monkeypatch.setitem(STEPS, "dtw", ("training.not_a_module", "x", 3))
-    assert main(["dtw", "--dataset", "x"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["class-ros dtw: this step is not built yet (planned in issue #3)."]
 
 
 def test_an_interrupt_inside_generated_code_still_exits_130(tmp_path):

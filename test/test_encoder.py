@@ -96,7 +96,7 @@ def test_multi_view_shared_and_separate_backbones_and_proprio():
 
 
 def test_config_validation_and_dataset_fill(tmp_path):
-    from class_ros.encoder.synthetic import make_latent_dataset
+    from latent_dataset import make_latent_dataset
 
     with pytest.raises(ClassRosError, match="backbone"):
         EncoderConfig(backbone="vit")

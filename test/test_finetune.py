@@ -49,7 +49,7 @@ def tiny_config(**kw):
 def world(tmp_path_factory):
     """A tiny dataset and a CLASS run pre-trained on it for a few steps."""
     from class_ros.encoder.config import EncoderConfig
-    from class_ros.encoder.synthetic import make_latent_dataset
+    from latent_dataset import make_latent_dataset
     from training.pretrain import PretrainConfig, pretrain
 
     root = tmp_path_factory.mktemp("ft")
@@ -128,7 +128,7 @@ def test_resume_continues_exactly(world):
 
 
 def test_mismatches_are_refused(world, tmp_path):
-    from class_ros.encoder.synthetic import make_latent_dataset
+    from latent_dataset import make_latent_dataset
     from class_ros.policy import load_policy
     from training.finetune import finetune as run
 

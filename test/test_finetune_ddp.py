@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow  # two torch processes start and train: about 20 s idle, more on a busy machine
 def test_two_process_ddp_run(tmp_path):
     from class_ros.data.rundir import config_to_dict
-    from class_ros.encoder.synthetic import make_latent_dataset
+    from latent_dataset import make_latent_dataset
     from class_ros.policy import load_policy
     from test_finetune import tiny_config
 

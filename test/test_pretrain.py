@@ -33,7 +33,7 @@ class DensePositives:
 
 def synthetic(tmp_path, **kw):
     """(store, positives) of the latent-state dataset, positives from min-max normalised action chunks."""
-    from class_ros.encoder.synthetic import make_latent_dataset
+    from latent_dataset import make_latent_dataset
 
     store = make_latent_dataset(tmp_path / "data", **kw)
     return store, positives_of(store)

@@ -14,7 +14,7 @@ from class_ros.errors import ClassRosError
 
 @pytest.fixture
 def store(tmp_path):
-    from class_ros.encoder.synthetic import make_latent_dataset
+    from latent_dataset import make_latent_dataset
     return make_latent_dataset(tmp_path / "data", n_episodes=3, length=6, size=16)
 
 
@@ -112,7 +112,7 @@ def test_damaged_files_are_refused(tmp_path, store):
 
 
 def test_mismatches_are_refused(tmp_path, store):
-    from class_ros.encoder.synthetic import make_latent_dataset
+    from latent_dataset import make_latent_dataset
 
     make_run(tmp_path, store)
     other = make_latent_dataset(tmp_path / "other", n_episodes=3, length=6, size=16, seed=1)

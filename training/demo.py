@@ -15,13 +15,12 @@ Stages, in order (the configuration of each is a section of training/configs/dem
 
 Every stage records a JSON stamp (out/stamps/<stage>.json) holding a hash of its configuration and of
 the stamps of the stages it reads from; a stage whose stamp matches and whose outputs exist is reused,
-so a second run is fast. `--fresh` redoes everything. A stage whose module is not built yet is reported
-as such and the stages that need it are skipped; the rest still run.
+so a second run is fast. `--fresh` redoes everything. A stage that fails is reported as such and the
+stages that need it are skipped; the rest still run.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -44,7 +43,7 @@ DEMO_ENV = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_LOCALHOST_ONLY": 
             "PYOPENGL_PLATFORM": "egl"}
 
 # Statuses a stage can end in.
-RAN, REUSED, NOT_BUILT, SKIPPED, FAILED = "ran", "reused", "not built yet", "skipped", "failed"
+RAN, REUSED, SKIPPED, FAILED = "ran", "reused", "skipped", "failed"
 
 
 def add_arguments(parser) -> None:
@@ -87,11 +86,9 @@ def _named_files(obj) -> dict[str, str]:
 # ---------------------------------------------------------------- stages
 @dataclass
 class Stage:
-    """One pipeline step: which modules it needs, what it reads and writes, and how to run it."""
+    """One pipeline step: what it reads and writes, and how to run it."""
 
     name: str
-    modules: list[str]  # every module the stage calls; missing ones make it "not built yet"
-    issue: int  # the issue that builds those modules
     depends: list[str]  # stages whose outputs it reads
     outputs: list[str]  # paths relative to the demo folder; all must exist to reuse the stage
     work: Callable[["Demo"], dict]  # runs the stage, returns a JSON-able summary
@@ -196,7 +193,8 @@ def _closed_loop(d: Demo) -> dict:
 
 
 def _report(d: Demo) -> dict:
-    from training.report import gather_inputs, write_report
+    from training.report import write_report
+    from training.report_inputs import gather_inputs
     inputs = gather_inputs(d.out, d.cfg, stages=d.summaries.get("_table", []))
     path = write_report(d.out, inputs)
     missing = sorted(inputs.notes)
@@ -218,35 +216,20 @@ def _loop_key(s: dict) -> str:
 
 
 STAGES = [
-    Stage("sim-demos", ["training.sim_demos"], 4, [], ["bags"], _sim_demos,
+    Stage("sim-demos", [], ["bags"], _sim_demos,
           lambda s: f"{s['episodes_kept']} episodes, expert success {s['expert_success_rate']:.0%}", ["sim_demos"]),
-    Stage("convert", ["training.convert"], 5, ["sim-demos"], ["dataset"], _convert,
+    Stage("convert", ["sim-demos"], ["dataset"], _convert,
           lambda s: f"{s['n_episodes']} episodes, {s['frames']} frames", ["convert"]),
-    Stage("dtw", ["training.dtw"], 3, ["convert"], ["positives.npz"], _dtw,
+    Stage("dtw", ["convert"], ["positives.npz"], _dtw,
           lambda s: f"threshold {s['threshold']:.4g}, {s['pairs']} positive pairs", ["dtw"]),
-    Stage("pretrain", ["training.pretrain"], 6, ["dtw"], ["class_run"], _pretrain,
+    Stage("pretrain", ["dtw"], ["class_run"], _pretrain,
           lambda s: f"loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} in {s['steps']} steps", ["pretrain"]),
-    Stage("index", ["training.index"], 6, ["pretrain"], ["class_run/index"], _index,
-          _index_key, ["index"]),
-    Stage("evaluate", ["training.evaluate", "class_ros.policy"], 4, ["index"],
-          ["eval"], _evaluate, _eval_key, ["evaluate"]),
-    Stage("closed-loop", ["class_ros.nodes.closed_loop", "training.evaluate"], 8, ["index"],
-          ["closed_loop.json"], _closed_loop, _loop_key, ["closed_loop"]),
-    Stage("report", ["training.report"], 9, ["dtw", "pretrain", "index", "evaluate", "closed-loop"],
-          ["report.md"], _report, lambda s: s.get("report", ""), ["report"], partial_ok=True),
+    Stage("index", ["pretrain"], ["class_run/index"], _index, _index_key, ["index"]),
+    Stage("evaluate", ["index"], ["eval"], _evaluate, _eval_key, ["evaluate"]),
+    Stage("closed-loop", ["index"], ["closed_loop.json"], _closed_loop, _loop_key, ["closed_loop"]),
+    Stage("report", ["dtw", "pretrain", "index", "evaluate", "closed-loop"], ["report.md"], _report,
+          lambda s: s.get("report", ""), ["report"], partial_ok=True),
 ]
-
-
-def missing_modules(stage: Stage) -> list[str]:
-    """The modules a stage needs that are not importable yet."""
-    out = []
-    for m in stage.modules:
-        try:
-            if importlib.util.find_spec(m) is None:
-                out.append(m)
-        except ModuleNotFoundError:
-            out.append(m)
-    return out
 
 
 def _jsonable(obj):
@@ -269,7 +252,7 @@ def _jsonable(obj):
 
 # ---------------------------------------------------------------- the runner
 def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fresh: bool = False) -> dict:
-    """Run every stage that is built (reusing up-to-date outputs), write the report, print the table."""
+    """Run every stage (reusing up-to-date outputs), write the report, print the table."""
     # As `make demo` sets them: the demo's ROS nodes stay on this machine, MuJoCo renders off-screen.
     for name, value in DEMO_ENV.items():
         os.environ.setdefault(name, value)
@@ -309,13 +292,8 @@ def run_stages(out: Path, cfg: dict, stages: list[Stage], fresh: bool = False,
                              "upstream": [hashes.get(dep) for dep in stage.depends]})
         row = {"stage": stage.name, "seconds": None, "key": ""}
         blocked = [dep for dep in stage.depends if status.get(dep) not in (RAN, REUSED)]
-        missing = missing_modules(stage)
         stamp_path = stamps / f"{stage.name}.json"
-        if missing:
-            row["status"] = f"{NOT_BUILT} (issue #{stage.issue})"
-            row["key"] = "needs " + ", ".join(missing)
-            status[stage.name] = NOT_BUILT
-        elif blocked and not stage.partial_ok:
+        if blocked and not stage.partial_ok:
             row["status"] = f"{SKIPPED} (needs {', '.join(blocked)})"
             status[stage.name] = SKIPPED
         else:

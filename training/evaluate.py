@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from class_ros.errors import ClassRosError
+from class_ros.policy import POLICY_KINDS
 
 DEFAULT_ACTION_STEPS = 8
 EVAL_STREAM = 1  # seed stream of evaluation episodes (sim-demos uses 0)
@@ -35,7 +36,7 @@ VIDEO_MIN_SIDE = 288  # videos are upscaled (nearest) so 96x96 frames are watcha
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI arguments of `class-ros evaluate`."""
     parser.add_argument("--run", required=True, help="run directory of the policy")
-    parser.add_argument("--policy", default="retrieval", choices=("retrieval", "diffusion"),
+    parser.add_argument("--policy", default="retrieval", choices=POLICY_KINDS,
                         help="policy kind (default retrieval)")
     parser.add_argument("--task", default="lift", help="lift | push | pick_place (default lift)")
     parser.add_argument("--camera", default="fixed", help="fixed | random | heldout | moving (default fixed)")
@@ -51,11 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parse-and-call for the CLI."""
-    try:
-        from class_ros.policy import load_policy
-    except ImportError as err:
-        raise ClassRosError(f"loading policies is not available yet ({err}); evaluate_policy() takes any "
-                            "object with reset() and predict_action_chunk(obs).") from err
+    from class_ros.policy import load_policy
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise ClassRosError(f"run directory {run_dir} does not exist; pass the folder a training step wrote.")

@@ -112,15 +112,13 @@ def resolve_config(cfg: FinetuneConfig, store, init) -> tuple[FinetuneConfig, di
     With a CLASS run the encoder config is the run's own, and the dataset must hold its cameras and
     proprio keys with the same shapes.
     """
-    from class_ros.data.rundir import RunDir
     from class_ros.data.schema import obs_key
+    from class_ros.encoder.model import load_encoder
 
     if _is_none(init):
         return dataclasses.replace(cfg, encoder=cfg.encoder.for_dataset(store.meta), init="none"), None
-    src = RunDir.open(init, kind="encoder")
-    if not src.has_weights("encoder"):
-        raise ClassRosError(f"{init} has no encoder weights yet; finish `class-ros pretrain` first.")
-    enc = EncoderConfig.from_dict(src.load_config()["encoder"])
+    encoder = load_encoder(init)
+    enc = encoder.config
     need = {c: (*enc.image_size, 3) for c in enc.image_keys}
     need.update({p: (d,) for p, d in zip(enc.proprio_keys, enc.proprio_dims)})
     for name, shape in need.items():
@@ -128,8 +126,7 @@ def resolve_config(cfg: FinetuneConfig, store, init) -> tuple[FinetuneConfig, di
         if have is None or tuple(have.shape) != shape:
             raise ClassRosError(f"the CLASS run {init} encodes {name!r} of shape {shape} but the dataset has "
                                 f"{tuple(have.shape) if have else 'no such key'}; fine-tune on a matching dataset.")
-    weights = src.load_weights("encoder")["ema"]
-    return dataclasses.replace(cfg, encoder=enc, init=str(Path(init).resolve())), weights
+    return dataclasses.replace(cfg, encoder=enc, init=str(Path(init).resolve())), encoder.state_dict()
 
 
 def training_steps(cfg: FinetuneConfig, n_frames: int, world: int) -> tuple[int, int]:

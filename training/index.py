@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 
-from class_ros.errors import ClassRosError
 
 
 def embed_dataset(encoder, store, batch_size: int = 256, device: str = "cpu", progress: bool = True) -> np.ndarray:
@@ -48,24 +47,19 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
 
     from class_ros.data.rundir import RunDir
     from class_ros.data.store import EpisodeStore
-    from class_ros.encoder.config import EncoderConfig
-    from class_ros.encoder.model import ObservationEncoder
+    from class_ros.encoder.model import load_encoder
     from class_ros.policy.retrieval import (RetrievalConfig, build_faiss_index, recall_at_k, retrieval_features,
                                            save_index)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     store = EpisodeStore.open(dataset)
     rd = RunDir.open(run, "encoder", store=store)
-    if not rd.has_weights("encoder"):
-        raise ClassRosError(f"{run} has no encoder weights yet; finish `class-ros pretrain` first.")
     overrides = {key: v for key, v in dict(k=k, tau=tau, mode=mode, n_action_steps=n_action_steps,
                                            approx_threshold=approx_threshold, proprio_weight=proprio_weight).items()
                  if v is not None}
     cfg = RetrievalConfig(**overrides)
     config = rd.load_config()
-    encoder = ObservationEncoder(EncoderConfig.from_dict(config["encoder"]))
-    encoder.load_state_dict(rd.load_weights("encoder")["ema"])
-    encoder.to(device)
+    encoder = load_encoder(rd, device)
 
     t0 = time.perf_counter()
     raw = embed_dataset(encoder, store, device=device, progress=progress)

@@ -90,10 +90,7 @@ def open_positives(positives, store, horizon: int):
     """An object with .batch_weights(idx) -> (B, B): a path for class_ros.similarity, or such an object."""
     if hasattr(positives, "batch_weights"):
         return positives
-    try:
-        from class_ros.similarity import normalized_chunks, open_weights
-    except ImportError as err:
-        raise ClassRosError(f"reading positives needs class_ros.similarity ({err}).") from err
+    from class_ros.similarity import normalized_chunks, open_weights
     if not Path(positives).exists():
         raise ClassRosError(f"positives {positives} do not exist; compute them with `class-ros dtw`.")
     return open_weights(positives, chunks=normalized_chunks(store, horizon))

@@ -177,10 +177,6 @@ class RunDir:
             run.check_config(config)
         return run
 
-    @classmethod
-    def is_run(cls, path: str | os.PathLike) -> bool:
-        return (Path(path) / META).is_file()
-
     # ---------------------------------------------------------------- checks
     @property
     def kind(self) -> str:

@@ -243,13 +243,6 @@ class EpisodeStore:
         self._cache.clear()
         return self._n_episodes - 1
 
-    def set_extra(self, **values) -> None:
-        """Merge `values` into the metadata's `extra` dict (e.g. a conversion report path)."""
-        self.meta.extra.update(values)
-        attrs = dict(self._root.attrs[ATTR])
-        attrs["meta"] = self.meta.to_dict()
-        self._root.attrs[ATTR] = attrs
-
     # ---------------------------------------------------------------- checks
     def validate(self) -> None:
         """Check episode_ends, lengths, dtypes and finiteness; raise one ClassRosError naming key and episode."""

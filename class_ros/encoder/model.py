@@ -1,8 +1,8 @@
 """ObservationEncoder: cameras -> image features (the contrastive loss), + proprio -> observation feature (policies).
 
-Build it from an EncoderConfig (stored under `encoder:` in a pre-training run's config.yaml) and load the
-run's EMA weights:
-    enc = ObservationEncoder(cfg); enc.load_state_dict(run.load_weights("encoder")["ema"])
+Build it from an EncoderConfig (stored under `encoder:` in a pre-training run's config.yaml), or load a
+pre-training run's EMA encoder in one call:
+    enc = load_encoder("runs/class")          # or a RunDir; eval mode, on the CPU
 Inputs are raw: images (B, H, W, 3) uint8, proprio (B, d) float in robot units; the proprio min-max
 normaliser is a buffer of the module (set by `set_proprio_normalizers`), so it travels with the weights.
 """
@@ -90,6 +90,24 @@ class ObservationEncoder(nn.Module):
         if not self.config.proprio_keys:
             return feats
         return torch.cat([feats, self.proprio(obs).to(feats.dtype)], dim=1)
+
+
+def load_encoder(run, device: str = "cpu") -> ObservationEncoder:
+    """The EMA encoder of a pre-training run (a path or an open RunDir), in eval mode on `device`."""
+    from class_ros.data.rundir import RunDir
+
+    if not isinstance(run, RunDir):
+        run = RunDir.open(run, "encoder")
+    if not run.has_weights("encoder"):
+        raise ClassRosError(f"{run.path} has no encoder weights yet; finish `class-ros pretrain` first.")
+    encoder = ObservationEncoder(EncoderConfig.from_dict(run.load_config()["encoder"]))
+    try:
+        encoder.load_state_dict(run.load_weights("encoder", device="cpu")["ema"])
+    except RuntimeError as err:  # config.yaml no longer describes the saved weights (edited by hand?)
+        first = str(err).strip().splitlines()[0]
+        raise ClassRosError(f"{run.path}: the encoder in config.yaml does not match encoder.safetensors ({first}); "
+                            "restore the run's config.yaml or retrain.") from err
+    return encoder.to(device).eval()
 
 
 def load_init_weights(encoder: ObservationEncoder, path: str | os.PathLike) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes import topology
+from class_ros.policy import POLICY_KINDS
 
 NODE_CLASSES = {
     "camera_node": ("class_ros.nodes.camera_node", "CameraNode"),
@@ -38,7 +39,7 @@ NODE_CLASSES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default=topology.POLICY_PARAMS, help="graph parameter file (config/policy.yaml)")
     parser.add_argument("--run-dir", default="", help="the trained run (overrides run_dir in --params)")
-    parser.add_argument("--policy", choices=("retrieval", "diffusion"), default="retrieval")
+    parser.add_argument("--policy", choices=POLICY_KINDS, default="retrieval")
     parser.add_argument("--robot-config", default=topology.DEFAULT_ROBOT, help="robot limits (config/robots/*.yaml)")
     parser.add_argument("--camera-topic", default=topology.DEFAULT_CAMERA_TOPIC, help="raw camera topic")
     parser.add_argument("--sim", action="store_true", help="also start the MuJoCo sim node (config/sim.yaml)")

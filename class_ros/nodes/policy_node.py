@@ -26,8 +26,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from class_ros.errors import ClassRosError
 from class_ros.nodes.common import RateMeter, declare, key_values, now_sec, require, run_node, stamp_to_sec
 from class_ros.nodes.observation import JointStateBuffer, image_to_array, image_to_feature
-
-POLICIES = ("retrieval", "diffusion")
+from class_ros.policy import POLICY_KINDS
 
 
 def check_run_matches(policy, action_kind: str, action_names: list[str]) -> None:
@@ -51,6 +50,76 @@ def chunk_message(chunk: np.ndarray, names: list[str], header, dt: float) -> Joi
     return msg
 
 
+class EmbeddingInput:
+    """Retrieval: the observation feature comes from embedding_node's `~/embedding`."""
+
+    def __init__(self, node, policy):
+        self.policy = policy
+        self.latest = None
+        self.subscriptions = [node.create_subscription(Image, "~/embedding", self._store, 10)]
+
+    def _store(self, msg) -> None:
+        self.latest = msg
+
+    def warm_up(self) -> None:
+        self.policy.predict_from_embedding(np.ones(self.policy.encoder.out_dim, np.float32))
+
+    def newest(self, done_stamp):
+        """(header, feature) of an observation newer than `done_stamp`, or None."""
+        msg = self.latest
+        if msg is None or stamp_to_sec(msg.header.stamp) == done_stamp:
+            return None
+        return msg.header, image_to_feature(msg)
+
+    def predict(self, feature) -> np.ndarray:
+        return self.policy.predict_from_embedding(feature)
+
+
+class ObservationInput:
+    """Diffusion: the policy encodes the preprocessed camera image(s) and /joint_states itself."""
+
+    def __init__(self, node, policy):
+        from class_ros.nodes.camera_node import output_topic
+        from class_ros.nodes.embedding_node import observation_layout
+        self.policy = policy
+        self.cameras, self.proprio = observation_layout(policy)
+        self.joints = JointStateBuffer(policy.joint_names)
+        self.latest = {}
+        self.subscriptions = [
+            node.create_subscription(Image, output_topic(i), lambda m, c=cam: self.latest.__setitem__(c, m),
+                                     qos_profile_sensor_data) for i, cam in enumerate(self.cameras)]
+        self.subscriptions.append(node.create_subscription(JointState, node.p["joint_states_topic"], self.joints.add,
+                                                           qos_profile_sensor_data))
+
+    def warm_up(self) -> None:
+        h, w = self.policy.encoder.config.image_size
+        obs = {c: np.zeros((h, w, 3), np.uint8) for c in self.cameras}
+        if self.proprio:
+            obs[self.proprio] = np.zeros(len(self.policy.joint_names), np.float32)
+        self.policy.predict_action_chunk(obs)
+
+    def newest(self, done_stamp):
+        """(header, observation) of frames newer than `done_stamp` with the joint state as of them, or None."""
+        msgs = [self.latest.get(c) for c in self.cameras]
+        if any(m is None for m in msgs) or stamp_to_sec(msgs[0].header.stamp) == done_stamp:
+            return None
+        obs = {c: image_to_array(m) for c, m in zip(self.cameras, msgs)}
+        if self.proprio:
+            state = self.joints.as_of(stamp_to_sec(msgs[0].header.stamp))
+            if state is None:
+                return None
+            obs[self.proprio] = state[0]
+        return msgs[0].header, obs
+
+    def predict(self, obs) -> np.ndarray:
+        return self.policy.predict_action_chunk(obs)
+
+
+# What each policy kind reads; every other step of the node is the same for all kinds.
+INPUTS = {"retrieval": EmbeddingInput, "diffusion": ObservationInput}
+assert set(INPUTS) == set(POLICY_KINDS)
+
+
 class PolicyNode(LifecycleNode):
     """Runs the policy on a timer in its own callback group on the newest observation."""
 
@@ -71,7 +140,7 @@ class PolicyNode(LifecycleNode):
                                      "runs open loop, as the method executes it), 0 = a chunk per new observation", True)
         p["autostart"] = declare(self, "autostart", True, "configure and activate at start-up", True)
         p["joint_states_topic"] = declare(self, "joint_states_topic", "/joint_states", "joint states (diffusion)", True)
-        require(p["policy"] in POLICIES, f"policy must be one of {POLICIES}, got {p['policy']!r}.")
+        require(p["policy"] in POLICY_KINDS, f"policy must be one of {POLICY_KINDS}, got {p['policy']!r}.")
         names = list(p["action_names"])
         require(len(names) > 0 and all(names) and len(set(names)) == len(names),
                 f"action_names must be a list of distinct non-empty names, got {names}.")
@@ -83,7 +152,7 @@ class PolicyNode(LifecycleNode):
         self.gated = ""  # why chunks are withheld, "" when they flow
         self.last_confidence = None
         self.rate = RateMeter()
-        self.latest = {}  # input name -> newest message
+        self.inputs = None  # EmbeddingInput or ObservationInput, made on configure
         self.done_stamp = None
         self.last_sent = -float("inf")  # node-clock time of the last chunk
         self.group = MutuallyExclusiveCallbackGroup()
@@ -106,9 +175,12 @@ class PolicyNode(LifecycleNode):
             policy = load_policy(self.p["run_dir"], self.p["policy"], self.p["device"])
             check_run_matches(policy, self.p["action_kind"], self.p["action_names"])
             self.policy = policy
-            self._set_up_inputs()
-            self._warm_up()
+            self.inputs = INPUTS[self.p["policy"]](self, policy)
+            self.inputs.warm_up()
+            policy.reset()
         except ClassRosError as err:
+            self._release_inputs()
+            self.policy = None
             self.error = str(err)
             self.get_logger().error(self.error)
             return TransitionCallbackReturn.FAILURE
@@ -136,36 +208,14 @@ class PolicyNode(LifecycleNode):
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         self.active = False
+        self._release_inputs()
         self.policy = None
         return TransitionCallbackReturn.SUCCESS
 
-    # --- inputs -----------------------------------------------------------------------------------------
-    def _set_up_inputs(self) -> None:
-        if getattr(self, "_inputs_ready", False):
-            return
-        self._inputs_ready = True
-        if self.p["policy"] == "retrieval":
-            self.create_subscription(Image, "~/embedding", lambda m: self.latest.__setitem__("embedding", m), 10)
-            return
-        from class_ros.nodes.camera_node import output_topic
-        from class_ros.nodes.embedding_node import observation_layout
-        self.cameras, self.proprio = observation_layout(self.policy)
-        self.joints = JointStateBuffer(self.policy.joint_names)
-        for i, cam in enumerate(self.cameras):
-            self.create_subscription(Image, output_topic(i), lambda m, c=cam: self.latest.__setitem__(c, m),
-                                     qos_profile_sensor_data)
-        self.create_subscription(JointState, self.p["joint_states_topic"], self.joints.add, qos_profile_sensor_data)
-
-    def _warm_up(self) -> None:
-        if self.p["policy"] == "retrieval":
-            self.policy.predict_from_embedding(np.ones(self.policy.encoder.out_dim, np.float32))
-        else:
-            h, w = self.policy.encoder.config.image_size
-            obs = {c: np.zeros((h, w, 3), np.uint8) for c in self.cameras}
-            if self.proprio:
-                obs[self.proprio] = np.zeros(len(self.policy.joint_names), np.float32)
-            self.policy.predict_action_chunk(obs)
-        self.policy.reset()
+    def _release_inputs(self) -> None:
+        for sub in self.inputs.subscriptions if self.inputs else []:
+            self.destroy_subscription(sub)
+        self.inputs = None
 
     # --- the work -----------------------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -173,32 +223,18 @@ class PolicyNode(LifecycleNode):
             return
         if now_sec(self) - self.last_sent < self.replan_period:
             return
-        if self.p["policy"] == "retrieval":
-            msg = self.latest.get("embedding")
-            if msg is None or stamp_to_sec(msg.header.stamp) == self.done_stamp:
-                return
-            self.done_stamp = stamp_to_sec(msg.header.stamp)
-            chunk = self.policy.predict_from_embedding(image_to_feature(msg))
-            header = msg.header
-            self.last_confidence = self.policy.last_confidence
-            limit = self.p["max_nearest_distance"]
-            dist = self.last_confidence.nearest_distance
-            self.gated = (f"out of distribution: nearest demonstration at 1 - cos = {dist:.3f} > {limit:.3f}"
-                          if dist > limit else "")
-        else:
-            msgs = [self.latest.get(c) for c in self.cameras]
-            if any(m is None for m in msgs) or stamp_to_sec(msgs[0].header.stamp) == self.done_stamp:
-                return
-            stamp = stamp_to_sec(msgs[0].header.stamp)
-            obs = {c: image_to_array(m) for c, m in zip(self.cameras, msgs)}
-            if self.proprio:
-                state = self.joints.as_of(stamp)
-                if state is None:
-                    return
-                obs[self.proprio] = state[0]
-            self.done_stamp = stamp
-            chunk = self.policy.predict_action_chunk(obs)
-            header = msgs[0].header
+        newest = self.inputs.newest(self.done_stamp)
+        if newest is None:
+            return
+        header, observation = newest
+        self.done_stamp = stamp_to_sec(header.stamp)
+        chunk = self.inputs.predict(observation)
+        # Retrieval knows how far the observation is from every demonstration: the out-of-distribution gate.
+        self.last_confidence = getattr(self.policy, "last_confidence", None)
+        limit = self.p["max_nearest_distance"]
+        dist = self.last_confidence.nearest_distance if self.last_confidence is not None else 0.0
+        self.gated = (f"out of distribution: nearest demonstration at 1 - cos = {dist:.3f} > {limit:.3f}"
+                      if dist > limit else "")
         if self.gated:
             self.get_logger().warning(self.gated, throttle_duration_sec=2.0)
             return

@@ -61,7 +61,6 @@ class SimNode(Node):
         require(len(p["image_size"]) == 2, f"image_size must be [height, width], got {list(p['image_size'])}.")
         self.p = p
         self.names = list(robot.JOINT_NAMES)
-        self.arm_names = list(robot.ARM_JOINTS)
         self.dt = 1.0 / p["joint_state_rate_hz"]
         self.episode = 0
         self.success = False

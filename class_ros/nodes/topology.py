@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from class_ros.errors import ClassRosError
+from class_ros.policy import POLICY_KINDS
 
 POLICY_PARAMS = "config/policy.yaml"
 SIM_PARAMS = "config/sim.yaml"
@@ -29,8 +30,8 @@ class NodeSpec:
 
 def graph(policy: str = "retrieval", sim: bool = False, robot_config: str = DEFAULT_ROBOT) -> list[NodeSpec]:
     """The nodes to start: camera -> (embedding ->) policy -> arm command, plus the sim node with sim=True."""
-    if policy not in ("retrieval", "diffusion"):
-        raise ClassRosError(f"policy must be retrieval or diffusion, got {policy!r}.")
+    if policy not in POLICY_KINDS:
+        raise ClassRosError(f"policy must be {' or '.join(POLICY_KINDS)}, got {policy!r}.")
     nodes = [NodeSpec("camera_node", (POLICY_PARAMS,))]
     if policy == "retrieval":
         nodes.append(NodeSpec("embedding_node", (POLICY_PARAMS,), (("~/image", "/camera_node/image"),)))

@@ -193,8 +193,7 @@ class RetrievalPolicy:
         import faiss
 
         from class_ros.data.rundir import RunDir
-        from class_ros.encoder.config import EncoderConfig
-        from class_ros.encoder.model import ObservationEncoder
+        from class_ros.encoder.model import load_encoder
 
         run = RunDir.open(run_dir, "encoder")
         folder = run.path / INDEX_DIR
@@ -206,8 +205,7 @@ class RetrievalPolicy:
             raise ClassRosError(f"{folder} was built with other encoder weights than the run now holds (was it "
                                 f"trained further?); rebuild it with `class-ros index --run {run.path}`.")
         config = RetrievalConfig.from_dict({**info["config"], **overrides})
-        encoder = ObservationEncoder(EncoderConfig.from_dict(run.load_config()["encoder"]))
-        encoder.load_state_dict(run.load_weights("encoder", device="cpu")["ema"])
+        encoder = load_encoder(run)
         index = faiss.deserialize_index(np.frombuffer(run.read_checked(folder / "faiss.index"), dtype=np.uint8))
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = max(config.ef_search, config.k)

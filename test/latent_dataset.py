@@ -1,4 +1,4 @@
-"""A tiny synthetic dataset with a known latent state, for the encoder's tests and benchmarks.
+"""A tiny synthetic dataset with a known latent state, for the encoder, policy and run-directory tests.
 
 Each episode moves a red square at constant speed towards a fixed goal; the image also holds an
 episode-specific background colour and a distractor square (nuisances the encoder must learn to
