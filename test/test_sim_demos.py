@@ -91,27 +91,45 @@ def test_refuses_a_folder_with_bags_and_writes_nothing(tmp_path):
 
 
 def test_interrupt_keeps_complete_bags_only(tmp_path):
-    """A real Ctrl-C mid-run: the bags already moved into place read back, nothing partial is left."""
+    """A real Ctrl-C mid-run: the bags already moved into place read back, nothing partial is left.
+
+    The run waits for the interrupt instead of racing it: once two bags are in place, the next episode
+    blocks on a pipe that is never written, says READY, and the SIGINT lands there - wherever the
+    machine's load would have put the run by then.
+    """
     import os
     import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "bags"
-    proc = subprocess.Popen([sys.executable, "-m", "class_ros.cli", "sim-demos", "--episodes", "30", "--out", str(out),
-                             "--camera", "fixed"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ), cwd=os.getcwd())
-    deadline = time.time() + 120
-    while not (out / "episode_0001").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    (tmp_path / "sim_demos_waiting_for_ctrl_c.py").write_text(
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from class_ros import cli\n"
+        "from training import sim_demos\n"
+        "record, (never_written, _) = sim_demos.record_episode, os.pipe()\n"
+        "def record_episode(env, ep_seed, path, *args):\n"
+        "    if len(list(path.parent.parent.glob('episode_*'))) >= 2:\n"
+        "        print('READY', flush=True)\n"
+        "        os.read(never_written, 1)  # blocks until the SIGINT interrupts it\n"
+        "    return record(env, ep_seed, path, *args)\n"
+        "sim_demos.record_episode = record_episode\n"
+        "cli.entry(sys.argv[1:])\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "sim_demos_waiting_for_ctrl_c", "sim-demos", "--episodes", "30",
+                             "--out", str(out), "--camera", "fixed"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=tmp_path)
+    for line in proc.stdout:  # blocks until the run waits for the interrupt (or ends: then the asserts say so)
+        if line.strip() == b"READY":
+            break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-500:]
     names = sorted(p.name for p in out.iterdir())
     assert ".partial" not in names and "sim_demos.json" not in names
     bags = [n for n in names if n.startswith("episode_")]
-    assert 2 <= len(bags) < 30
+    assert len(bags) == 2
     for name in bags:
         topics, msgs = read_bag(out / name)
         assert len(topics) == 4 and len(msgs["/camera/image_raw"]) > 10
