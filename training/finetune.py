@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,21 +155,18 @@ def finetune(dataset, init, out, config=None, *, resume: bool = False, device: s
     Returns a summary dict. `stop_after`: checkpoint and return after this many steps of this call.
     """
     import torch
-    import torch.distributed as dist
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
 
-    from class_ros.data.rundir import RunDir
     from class_ros.data.sampler import WindowSampler
-    from class_ros.data.schema import obs_key
+    from class_ros.data.schema import ACTION, obs_key
     from class_ros.data.store import EpisodeStore
     from class_ros.policy.diffusion import WEIGHTS, DiffusionPolicy
-    from training.pretrain import Checkpointing, _dist_setup, fit_normalizers
+    from training.trainer import (Checkpointing, default_device, dist_setup, finish, fit_normalizers, open_run,
+                                  preload_if_small, run_steps, summarize)
 
-    rank, world, local_rank = _dist_setup()
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    rank, world, local_rank = dist_setup()
+    device = device or default_device(local_rank)
     on_cuda = str(device).startswith("cuda")
 
     # Everything the user can get wrong is checked before the run directory is touched.
@@ -181,22 +177,10 @@ def finetune(dataset, init, out, config=None, *, resume: bool = False, device: s
     cfg, init_weights = resolve_config(cfg, store, init)
     steps, warmup = training_steps(cfg, store.n_frames, world)
     names = cfg.encoder.image_keys + cfg.encoder.proprio_keys
-    image_bytes = sum(int(np.prod(store.meta.keys[obs_key(c)].shape)) for c in cfg.encoder.image_keys)
-    if image_bytes * store.n_frames < 4 << 30:  # fits in memory: sample without disk reads
-        store.load([obs_key(n) for n in names] + ["action"])
-
-    if rank == 0:
-        if resume:
-            run = RunDir.open(out, "diffusion", store=store, config=cfg)
-            if not run.has_train_state():
-                raise ClassRosError(f"{out} has no train_state to resume from; start it without --resume.")
-        else:
-            run = RunDir.create(out, "diffusion", cfg, store, extra={"world_size": world, "init": cfg.init})
-            run.save_normalizers(fit_normalizers(store, cfg.encoder.proprio_keys))
-    if world > 1:
-        dist.barrier()
-        if rank != 0:
-            run = RunDir.open(out, "diffusion")
+    preload_if_small(store, [obs_key(n) for n in names] + [ACTION])
+    run = open_run(out, "diffusion", cfg, store, rank=rank, world=world, resume=resume,
+                   extra={"world_size": world, "init": cfg.init},
+                   on_create=lambda run: run.save_normalizers(fit_normalizers(store, cfg.encoder.proprio_keys)))
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     policy = DiffusionPolicy.from_run_config(run, yaml.safe_load(yaml.safe_dump(_config_dict(cfg))))
@@ -222,45 +206,23 @@ def finetune(dataset, init, out, config=None, *, resume: bool = False, device: s
     start = ckpt.resume(device) if resume else 0
 
     sampler = WindowSampler(store, obs_horizon=1, pred_horizon=cfg.diffusion.horizon)
-    losses = []
     policy.train()
-    t0 = time.perf_counter()
-    end = steps if stop_after is None else min(steps, start + stop_after)
-    bar = tqdm(range(start, end), desc="finetune", disable=not progress or rank != 0, initial=start, total=steps)
-    for step in bar:
-        # Seeds from (seed, rank, step): a resumed run draws the same batches and noise it would have drawn.
-        rng = np.random.default_rng([cfg.seed, rank, step])
-        torch.manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
+
+    def one_step(step, rng):
         idx = rng.integers(0, store.n_frames, size=cfg.batch_size)
         batch = read_batch(store, sampler, idx, names, device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and cfg.amp):
             loss = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        ema.step(policy.parameters())
-        losses.append(float(loss.detach()))
-        ckpt.scalars(step, loss=losses[-1], lr=scheduler.get_last_lr()[1])
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if (step + 1) % cfg.save_every == 0 and step + 1 < end:
-            ckpt.save(step + 1)
-    seconds = time.perf_counter() - t0
-    ckpt.save(end)
-    ckpt.close()
+        return loss, float(loss.detach()), {}
 
+    # The lr logged is param group 1: everything but the image backbones (group 0).
+    losses, seconds = run_steps(one_step, ckpt, seed=cfg.seed, rank=rank, start=start, steps=steps,
+                                stop_after=stop_after, save_every=cfg.save_every, desc="finetune", progress=progress,
+                                lr_group=1)
     done = len(losses)
-    tail = losses[-max(1, done // 10):] if losses else []
-    summary = {
-        "run": str(out), "init": cfg.init, "steps": steps, "steps_this_call": done, "world_size": world,
-        "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(tail)) if tail else None,
-        "steps_per_s": done / seconds if done and seconds > 0 else None, "seconds": seconds, "device": str(device),
-    }
-    if rank == 0:
-        run.update_meta(finetune_summary=summary)
-    if world > 1:
-        dist.barrier()
-    return summary
+    summary = summarize(out, steps, losses, seconds, world, device, init=cfg.init,
+                        steps_per_s=done / seconds if done and seconds > 0 else None)
+    return finish(run, "finetune", summary, rank, world)
 
 
 def _config_dict(cfg: FinetuneConfig) -> dict:

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,85 +106,12 @@ def check_positives(weights, n_frames: int) -> None:
         raise ClassRosError(f"positives.batch_weights returned shape {probe.shape} for 2 samples; expected (2, 2).")
 
 
-def fit_normalizers(store, proprio_keys: list[str]) -> dict:
-    """Min-max normalisers of the actions and of each proprio key."""
-    from class_ros.data.normalizer import MinMaxNormalizer
-    from class_ros.data.schema import ACTION, obs_key
-
-    norms = {"action": MinMaxNormalizer.fit(np.asarray(store.array(ACTION)))}
-    for name in proprio_keys:
-        norms[name] = MinMaxNormalizer.fit(np.asarray(store.array(obs_key(name))))
-    return norms
-
-
-def ema_state_dict(encoder, ema) -> dict:
-    """The encoder's state dict with the EMA shadow parameters in place of the raw ones."""
-    sd = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-    for (name, _), shadow in zip(encoder.named_parameters(), ema.shadow_params):
-        sd[name] = shadow.detach().clone()
-    return sd
-
-
-class Checkpointing:
-    """What pre-training and fine-tuning share around their loops: resume, TensorBoard, saving.
-
-    `weights` names the safetensors file in the RunDir; only rank 0 writes.
-    """
-
-    def __init__(self, run, weights: str, module, optimizer, scheduler, ema, out, rank: int):
-        self.run, self.weights, self.module = run, weights, module
-        self.optimizer, self.scheduler, self.ema, self.rank = optimizer, scheduler, ema, rank
-        self.writer = None
-        if rank == 0:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(Path(out) / "tb"))
-            except ImportError:
-                pass  # tensorboard is optional; the summary still has the numbers
-
-    def resume(self, device) -> int:
-        """Load raw weights and train state; returns the step to continue from."""
-        self.module.load_state_dict(self.run.load_weights(self.weights, device=device)["raw"])
-        start = self.run.load_train_state(device=device, optimizer=self.optimizer, scheduler=self.scheduler,
-                                          ema=self.ema)
-        self.ema.to(device)
-        return start
-
-    def scalars(self, step: int, **values) -> None:
-        if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, step)
-
-    def save(self, step: int) -> None:
-        if self.rank == 0:
-            self.run.save_weights(self.weights, {"ema": ema_state_dict(self.module, self.ema),
-                                                 "raw": self.module.state_dict()}, metadata={"step": step})
-            self.run.save_train_state(step, optimizer=self.optimizer, scheduler=self.scheduler, ema=self.ema)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def batch_stats(w: np.ndarray) -> tuple[float, float]:
     """(fraction of rows with a positive, mean weight of the positive entries)."""
     w = w.copy()
     np.fill_diagonal(w, 0.0)
     pos = w[w > 0]
     return float((w.sum(1) > 0).mean()), float(pos.mean()) if pos.size else 0.0
-
-
-def _dist_setup():
-    """(rank, world, local_rank) from torchrun's environment; initialises the process group when world > 1."""
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def image_feature_module(encoder):
@@ -258,16 +184,15 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     import torch.distributed as dist
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
 
-    from class_ros.data.rundir import RunDir
     from class_ros.data.schema import obs_key
     from class_ros.data.store import EpisodeStore
     from class_ros.encoder.model import ObservationEncoder, load_init_weights
+    from training.trainer import (Checkpointing, default_device, dist_setup, finish, fit_normalizers, open_run,
+                                  preload_if_small, run_steps, summarize)
 
-    rank, world, local_rank = _dist_setup()
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    rank, world, local_rank = dist_setup()
+    device = device or default_device(local_rank)
     on_cuda = str(device).startswith("cuda")
     if config is None:
         config = default_config_path()
@@ -292,22 +217,9 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * n / (cfg.batch_size * world)))
     warmup = min(cfg.warmup_steps, math.ceil(5 * n / (cfg.batch_size * world)))
     cams = cfg.encoder.image_keys
-    image_bytes = sum(int(np.prod(store.meta.keys[obs_key(c)].shape)) for c in cams) * n
-    if image_bytes < 4 << 30:  # fits in memory: sample without disk reads
-        store.load([obs_key(c) for c in cams])
-
-    if rank == 0:
-        if resume:
-            run = RunDir.open(out, "encoder", store=store, config=cfg)
-            if not run.has_train_state():
-                raise ClassRosError(f"{out} has no train_state to resume from; start it without --resume.")
-        else:
-            run = RunDir.create(out, "encoder", cfg, store, extra={"world_size": world})
-            run.save_normalizers(normalizers)
-    if world > 1:
-        dist.barrier()
-        if rank != 0:
-            run = RunDir.open(out, "encoder")
+    preload_if_small(store, [obs_key(c) for c in cams])
+    run = open_run(out, "encoder", cfg, store, rank=rank, world=world, resume=resume, extra={"world_size": world},
+                   on_create=lambda run: run.save_normalizers(normalizers))
 
     encoder.to(device)
     if on_cuda:
@@ -320,59 +232,32 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     optimizer = build_optimizer(encoder.parameters(), cfg)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     ema = EMAModel(encoder.parameters(), power=cfg.ema_power, use_ema_warmup=True, foreach=True)
-
     ckpt = Checkpointing(run, "encoder", encoder, optimizer, scheduler, ema, out, rank)
     start = ckpt.resume(device) if resume else 0
 
-    losses, fracs = [], []
-    t0 = time.perf_counter()
-    end = steps if stop_after is None else min(steps, start + stop_after)
-    bar = tqdm(range(start, end), desc="pretrain", disable=not progress or rank != 0, initial=start, total=steps)
-    for step in bar:
-        # Seeds from (seed, rank, step): a resumed run draws the same batches it would have drawn.
-        rng = np.random.default_rng([cfg.seed, rank, step])
-        torch.manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
+    fracs = []
+
+    def one_step(step, rng):
         idx = sample_batch(rng, n, cfg.batch_size, weights if cfg.positive_pairs else None)
         all_idx = idx
-        if world > 1:
+        if world > 1:  # every rank's frame ids: the loss covers the gathered batch
             parts = [torch.empty(cfg.batch_size, dtype=torch.int64, device=device) for _ in range(world)]
             dist.all_gather(parts, torch.as_tensor(idx, device=device))
             all_idx = torch.cat(parts).cpu().numpy()
         w = np.asarray(weights.batch_weights(all_idx), dtype=np.float32)  # (R*B, R*B)
         images = {c: torch.from_numpy(store.read(obs_key(c), idx)).to(device, non_blocking=True) for c in cams}
         loss, value = contrastive_loss(model, images, torch.from_numpy(w).to(device), cfg.temperature, cfg.amp)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        ema.step(encoder.parameters())
-
         frac, mean_w = batch_stats(w)
-        losses.append(value)
         fracs.append(frac)
-        ckpt.scalars(step, loss=losses[-1], lr=scheduler.get_last_lr()[0], rows_with_positives=frac,
-                     mean_positive_weight=mean_w)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", pos=f"{frac:.2f}")
-        if (step + 1) % cfg.save_every == 0 and step + 1 < end:
-            ckpt.save(step + 1)
-    seconds = time.perf_counter() - t0
-    ckpt.save(end)
-    ckpt.close()
+        return loss, value, {"rows_with_positives": frac, "mean_positive_weight": mean_w}
 
+    losses, seconds = run_steps(one_step, ckpt, seed=cfg.seed, rank=rank, start=start, steps=steps,
+                                stop_after=stop_after, save_every=cfg.save_every, desc="pretrain", progress=progress)
     done = len(losses)
-    tail = losses[-max(1, done // 10):] if losses else []
-    summary = {
-        "run": str(out), "steps": steps, "steps_this_call": done, "world_size": world,
-        "loss_first": losses[0] if losses else None, "loss_last": float(np.mean(tail)) if tail else None,
-        "rows_with_positives": float(np.mean(fracs)) if fracs else None,
-        "images_per_s": done * cfg.batch_size * world / seconds if done and seconds > 0 else None,
-        "seconds": seconds, "device": str(device),
-    }
-    if rank == 0:
-        run.update_meta(pretrain_summary=summary)
-    if world > 1:
-        dist.barrier()
-    return summary
+    summary = summarize(out, steps, losses, seconds, world, device,
+                        rows_with_positives=float(np.mean(fracs)) if fracs else None,
+                        images_per_s=done * cfg.batch_size * world / seconds if done and seconds > 0 else None)
+    return finish(run, "pretrain", summary, rank, world)
 
 
 # ------------------------------------------------------------------------------------------ CLI
