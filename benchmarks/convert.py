@@ -26,6 +26,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
 
 JOINTS = ["j1", "j2", "j3", "j4", "j5", "j6", "gripper"]
 MAPPING = {
@@ -131,6 +132,7 @@ def main() -> int:
     ap.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/convert.json"))
     args = ap.parse_args()
+    print(cpu_line(), flush=True)
 
     import class_ros.data.store  # noqa: F401  (zarr's import is a one-off cost, not part of the rate)
     from class_ros.data.bags.mapping import parse_mapping

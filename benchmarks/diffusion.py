@@ -32,6 +32,7 @@ from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_line, time_steps  # noqa: E402 - after the path set-up
 
 SAMPLERS = (("ddpm", 16), ("ddim", 8), ("ddim", 4))
 
@@ -196,16 +197,7 @@ def train_speed(policy, device: str, batch: int, steps: int, warmup: int = 2) ->
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    if on_cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if on_cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds, _ = time_steps(step, steps, warmup, on_cuda)
     policy.eval()
     return {"batch": batch, "steps": steps, "amp": on_cuda, "steps_per_s": steps / seconds}
 
@@ -268,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (1 is faster for small models on a busy machine)")
     parser.add_argument("--out", default=None, help="JSON results (default benchmarks/results/diffusion[_cuda].json)")
     args = parser.parse_args(argv)
+    print(cpu_line(), flush=True)
     on_cuda = args.device.startswith("cuda")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,6 +31,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
 
 
 def demo_chunks(n: int, T: int = 16, D: int = 10, seed: int = 0, episode_len: int = 200) -> np.ndarray:
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(positives_child(args.child, args.quantile, args.device, args.data)))
         return 0
+    print(cpu_line(), flush=True)
     cuda = args.device.startswith("cuda")
     sizes = args.n or ([200_000] if cuda else [5_000, 10_000] if args.quick else [10_000, 20_000, 50_000])
     out = Path(args.out or REPO / "benchmarks" / "results" / ("dtw_cuda.json" if cuda else "dtw.json"))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_line, time_steps  # noqa: E402 - after the path set-up
 
 
 def measure(backbone: str, device: str, batch: int, steps: int, amp: bool, channels_last: bool,
@@ -60,16 +61,7 @@ def measure(backbone: str, device: str, batch: int, steps: int, amp: bool, chann
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    if on_cuda:
-        torch.cuda.synchronize()
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        step()
-    if on_cuda:
-        torch.cuda.synchronize()
-    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    seconds, cpu_seconds = time_steps(step, steps, warmup, on_cuda)
     return {"backbone": backbone, "device": device, "batch": batch, "steps": steps, "amp": amp and on_cuda,
             "channels_last": channels_last, "optimizer": optimizer, "seconds": seconds,
             "img_per_s": batch * steps / seconds, "img_per_cpu_s": batch * steps / cpu_seconds}
@@ -84,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "encoder.json"))
     args = parser.parse_args(argv)
+    print(cpu_line(), flush=True)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("encoder benchmark: --device cuda asked for but CUDA is not available; nothing measured.")
         return 1

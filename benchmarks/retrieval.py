@@ -32,6 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
 
 K = 64
 
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="demonstration-like clustered embeddings (default) or i.i.d. random directions")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "retrieval.json"))
     args = parser.parse_args(argv)
+    print(cpu_line(), flush=True)
     sizes = [10_000] if args.quick else [10_000, 100_000]
     n_queries = 100 if args.quick else 500
     print(f"retrieval: k={K}, E={args.dim}, {args.data} data, batch-1 queries, device {args.device}")

@@ -15,12 +15,17 @@ per 20 Hz step without rendering.
 """
 import argparse
 import json
+import sys
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
 
 TARGET_STEPS_PER_S = 100.0
 ROBOSUITE_PHYSICS_S_PER_STEP = 0.018  # documented, per 20 Hz step (0.05 s simulated)
@@ -58,6 +63,7 @@ def main():
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--out", default="benchmarks/results/sim.json")
     args = ap.parse_args()
+    print(cpu_line(), flush=True)
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         import mujoco  # noqa: F401

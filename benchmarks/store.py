@@ -8,11 +8,16 @@ The images are smooth synthetic scenes (they compress like camera frames, unlike
 """
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
 
 from class_ros.data.sampler import WindowSampler
 from class_ros.data.schema import DatasetMeta, KeySchema
@@ -39,6 +44,7 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--out", default="benchmarks/results/store.json")
     args = ap.parse_args()
+    print(cpu_line(), flush=True)
     rng = np.random.default_rng(0)
     meta = DatasetMeta(control_rate_hz=10, action_names=[f"a{i}" for i in range(7)],
                        keys={"obs/agentview": KeySchema("uint8", (96, 96, 3), "image"),

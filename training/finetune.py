@@ -243,12 +243,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.trainer import print_summary
+
     summary = finetune(args.dataset, args.init, args.out, args.config, resume=args.resume, device=args.device)
-    if int(os.environ.get("RANK", "0")) == 0:
-        if summary["steps_this_call"]:
-            print(f"finetune: {summary['steps']} steps, loss {summary['loss_first']:.4f} -> "
-                  f"{summary['loss_last']:.4f}, {summary['steps_per_s']:.2f} steps/s")
-        print(f"finetune: wrote run {summary['run']}")
+    print_summary("finetune", summary, "steps_per_s", "steps/s")
     return 0
 
 

@@ -274,13 +274,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.trainer import print_summary
+
     summary = pretrain(args.dataset, args.positives, args.out, args.config, resume=args.resume,
                        init_weights=args.init_weights, device=args.device)
-    if int(os.environ.get("RANK", "0")) == 0:
-        if summary["steps_this_call"]:
-            print(f"pretrain: {summary['steps']} steps, loss {summary['loss_first']:.3f} -> "
-                  f"{summary['loss_last']:.3f}, {summary['images_per_s']:.0f} img/s")
-        print(f"pretrain: wrote run {summary['run']}")
+    print_summary("pretrain", summary, "images_per_s", "img/s")
     return 0
 
 

@@ -188,3 +188,13 @@ def finish(run, step_name: str, summary: dict, rank: int, world: int) -> dict:
         import torch.distributed as dist
         dist.barrier()
     return summary
+
+
+def print_summary(step_name: str, summary: dict, speed_key: str, unit: str) -> None:
+    """Rank 0 prints this call's losses and speed, and where the run is."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if summary["steps_this_call"]:
+        print(f"{step_name}: {summary['steps']} steps, loss {summary['loss_first']:.4f} -> "
+              f"{summary['loss_last']:.4f}, {summary[speed_key]:.1f} {unit}")
+    print(f"{step_name}: wrote run {summary['run']}")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing
 
 import numpy as np
 
@@ -162,21 +162,11 @@ class ProcessGraph:
                 p.wait()
 
 
-@contextmanager
 def start_in_process(specs, params_file: str = topology.POLICY_PARAMS, extra: dict | None = None):
     """Context manager: the graph in this process; closed (nodes destroyed, context shut down) on exit."""
-    graph = InProcessGraph(specs, params_file, extra or {})
-    try:
-        yield graph
-    finally:
-        graph.close()
+    return closing(InProcessGraph(specs, params_file, extra or {}))
 
 
-@contextmanager
 def start_processes(specs, params_file: str = topology.POLICY_PARAMS, extra: dict | None = None):
     """Context manager: one process per node; interrupted and reaped on exit."""
-    graph = ProcessGraph(specs, params_file, extra or {})
-    try:
-        yield graph
-    finally:
-        graph.close()
+    return closing(ProcessGraph(specs, params_file, extra or {}))
