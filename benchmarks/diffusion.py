@@ -181,11 +181,13 @@ def train_speed(policy, device: str, batch: int, steps: int, warmup: int = 2) ->
     """Training steps/s: compute_loss + backward + AdamW (vision and rest groups)."""
     import torch
 
+    from class_ros.data.schema import ACTION
+
     on_cuda = device.startswith("cuda")
     g = torch.Generator().manual_seed(0)
     data = {"agentview": torch.randint(0, 256, (batch, 96, 96, 3), dtype=torch.uint8, generator=g),
             "joint_pos": torch.rand(batch, 7, generator=g) * 2 - 1,
-            "action": torch.rand(batch, policy.config.horizon, 7, generator=g) * 2 - 1}
+            ACTION: torch.rand(batch, policy.config.horizon, 7, generator=g) * 2 - 1}
     data = {k: v.to(device) for k, v in data.items()}
     opt = torch.optim.AdamW(policy.param_groups(1e-4, 1e-5), weight_decay=1e-6)
     policy.train()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
 
 from class_ros.data.sampler import WindowSampler
-from class_ros.data.schema import DatasetMeta, KeySchema
+from class_ros.data.schema import ACTION, DatasetMeta, KeySchema, obs_key
 from class_ros.data.store import EpisodeStore
 
 
@@ -31,9 +31,9 @@ def synthetic_episode(rng, n, size=96):
     base = 127 + 60 * np.sin(xx[None] / 9.0 + t * 0.1 + phase) + 40 * np.cos(yy[None] / 13.0 - t * 0.05)
     img = np.repeat(base[..., None], 3, axis=-1) + rng.normal(0, 3, (n, size, size, 3))
     return {
-        "obs/agentview": np.clip(img, 0, 255).astype(np.uint8),
-        "obs/joint_pos": rng.normal(size=(n, 7)).astype(np.float32),
-        "action": rng.normal(size=(n, 7)).astype(np.float32),
+        obs_key("agentview"): np.clip(img, 0, 255).astype(np.uint8),
+        obs_key("joint_pos"): rng.normal(size=(n, 7)).astype(np.float32),
+        ACTION: rng.normal(size=(n, 7)).astype(np.float32),
     }
 
 
@@ -47,8 +47,8 @@ def main():
     print(cpu_line(), flush=True)
     rng = np.random.default_rng(0)
     meta = DatasetMeta(control_rate_hz=10, action_names=[f"a{i}" for i in range(7)],
-                       keys={"obs/agentview": KeySchema("uint8", (96, 96, 3), "image"),
-                             "obs/joint_pos": KeySchema("float32", (7,))})
+                       keys={obs_key("agentview"): KeySchema("uint8", (96, 96, 3), "image"),
+                             obs_key("joint_pos"): KeySchema("float32", (7,))})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ds"
         store = EpisodeStore.create(path, meta)
@@ -68,7 +68,7 @@ def main():
             t0 = time.perf_counter()
             batch = sampler.sample(idx)
             times.append(time.perf_counter() - t0)
-        assert batch["obs/agentview"].shape == (args.batch, 2, 96, 96, 3)
+        assert batch[obs_key("agentview")].shape == (args.batch, 2, 96, 96, 3)
     result = {"frames": store.n_frames, "write_s": write_s, "disk_mb": size_mb, "open_s": open_s,
               "batch": args.batch, "batch_read_s_median": float(np.median(times)), "batch_read_s_max": max(times)}
     print(f"store: {result['frames']} frames, {size_mb:.0f} MB on disk, written in {write_s:.1f} s")

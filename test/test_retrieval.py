@@ -178,3 +178,43 @@ def test_retrieval_features_balance_image_and_proprio():
     np.testing.assert_allclose(retrieval_features(raw, 2, 1.0)[1], [0, 1, 0, 0, 0, 0], atol=1e-7)  # small image
     with pytest.raises(ClassRosError, match="proprio_weight"):
         RetrievalConfig(proprio_weight=-1.0)
+
+
+def test_load_time_overrides_change_queries_not_the_stored_rows(run):
+    """Query settings may change at load; settings baked into the rows refuse (they would silently disagree)."""
+    from class_ros.policy.retrieval import RetrievalPolicy, stored_config
+
+    store, path = run
+    policy = RetrievalPolicy.load(path, k=3, tau=0.5, mode="sample")
+    assert (policy.config.k, policy.config.tau, policy.config.mode) == (3, 0.5, "sample")
+    same = RetrievalPolicy.load(path, proprio_weight=policy.config.proprio_weight)  # no change: fine
+    assert same.config.proprio_weight == policy.config.proprio_weight
+    with pytest.raises(ClassRosError, match=r"proprio_weight cannot change when loading.*class-ros index"):
+        RetrievalPolicy.load(path, proprio_weight=policy.config.proprio_weight + 1.0)
+    with pytest.raises(ClassRosError, match="unknown retrieval config keys \\['kk'\\]"):
+        RetrievalPolicy.load(path, kk=3)
+    saved = json.loads((path / "index" / "index.json").read_text())["config"]
+    old = {k: v for k, v in saved.items() if k != "proprio_weight"}  # an index from before proprio_weight
+    with pytest.raises(ClassRosError, match="older class_ros whose index features differ; rebuild"):
+        stored_config(old, path / "index", {})
+    assert stored_config(saved, path / "index", {"k": 2}).k == 2
+
+
+def test_every_config_refuses_unknown_keys_naming_the_valid_ones():
+    from class_ros.data.schema import DatasetMeta
+    from class_ros.encoder.config import EncoderConfig
+    from class_ros.policy.diffusion import DiffusionConfig
+    from class_ros.policy.retrieval import RetrievalConfig
+    from class_ros.policy.unet import UNetConfig
+    from training.finetune import FinetuneConfig
+    from training.pretrain import PretrainConfig
+
+    for cls, name in ((RetrievalConfig, "retrieval"), (UNetConfig, "unet"), (DiffusionConfig, "diffusion"),
+                      (EncoderConfig, "encoder"), (PretrainConfig, "pretrain"), (FinetuneConfig, "finetune")):
+        with pytest.raises(ClassRosError, match=rf"unknown {name} config keys \['bogus'\]; valid keys are \[.*\]"):
+            cls.from_dict({"bogus": 1})
+    with pytest.raises(ClassRosError, match=r"unknown unet config keys \['widths'\]"):
+        DiffusionConfig.from_dict({"unet": {"widths": [8]}})  # nested: the U-Net's own keys
+    meta = DatasetMeta(control_rate_hz=10.0, action_names=["a"], action_kind="other", keys={}).to_dict()
+    with pytest.raises(ClassRosError, match=r"unknown dataset metadata config keys \['colour'\]"):
+        DatasetMeta.from_dict({**meta, "colour": "red"})

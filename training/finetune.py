@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from class_ros.config import config_from_dict, read_yaml_mapping
+from class_ros.config import DictConfig
 from class_ros.encoder.config import EncoderConfig
 from class_ros.errors import ClassRosError
 
@@ -41,8 +41,10 @@ def _diffusion_config(d=None):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(DictConfig):
     """Fine-tuning settings; YAML files in training/configs/finetune*.yaml hold these keys."""
+
+    config_name = "finetune"
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # used with --init none only
     diffusion: dict | object = field(default_factory=dict)  # DiffusionConfig (a mapping in YAML)
@@ -73,14 +75,6 @@ class FinetuneConfig:
             raise ClassRosError(f"finetune epochs must be positive, got {self.epochs} and {self.scratch_epochs}.")
         if min(self.lr, self.vision_lr, self.scratch_vision_lr) < 0 or self.weight_decay < 0:
             raise ClassRosError("finetune learning rates and weight_decay must be >= 0.")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FinetuneConfig":
-        return config_from_dict(cls, d, "finetune")
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "FinetuneConfig":
-        return cls.from_dict(read_yaml_mapping(path, "finetune"))
 
     @classmethod
     def coerce(cls, config) -> "FinetuneConfig":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from class_ros.config import config_from_dict, read_yaml_mapping
+from class_ros.config import DictConfig
 from class_ros.encoder.config import EncoderConfig
 from class_ros.errors import ClassRosError
 
@@ -32,8 +32,10 @@ OPTIMIZERS = ("adamw", "lars")
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(DictConfig):
     """Pre-training settings; YAML files in training/configs/ hold these keys (encoder: as a mapping)."""
+
+    config_name = "pretrain"
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     batch_size: int = 64  # per process
@@ -68,14 +70,6 @@ class PretrainConfig:
             raise ClassRosError("pretrain steps, warmup_steps must be >= 0 and epochs, lr, temperature positive; "
                                 f"got steps={self.steps} epochs={self.epochs} lr={self.lr} "
                                 f"temperature={self.temperature} warmup_steps={self.warmup_steps}.")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PretrainConfig":
-        return config_from_dict(cls, d, "pretrain")
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "PretrainConfig":
-        return cls.from_dict(read_yaml_mapping(path, "pretrain"))
 
 
 def default_config_path() -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from class_ros.data.schema import ACTION, OBS_PREFIX
 from class_ros.errors import ClassRosError
 from training.report import ReportInputs
 
@@ -158,12 +159,12 @@ def _gather_embeddings(demo, cfg, inputs, rng) -> None:
     before, after = _encoders(demo, cfg["seed"])
     idx = np.unique(np.linspace(0, store.n_frames - 1, min(store.n_frames, cfg["report"]["embed_frames"])).astype(int))
     key = _camera_key(store)
-    camera = key.removeprefix("obs/")
+    camera = key.removeprefix(OBS_PREFIX)
     images = store.read(key, idx)
     # Image features only: they are what the contrastive loss shapes (proprio would give the phase away).
     inputs.emb_before = _image_features(before, images, camera)
     inputs.emb_after = _image_features(after, images, camera)
-    actions = np.asarray(store.array("action")[: store.n_frames])
+    actions = np.asarray(store.array(ACTION)[: store.n_frames])
     inputs.phase = task_phases(actions, store.episode_ends)[idx]
     inputs.phase_names = PHASE_NAMES
     inputs.camera = np.searchsorted(store.episode_ends, idx, side="right")
@@ -192,7 +193,7 @@ def _gather_neighbours(demo, cfg, inputs, rng) -> None:
     store = _store(demo)
     policy = load_policy(_need(demo / "class_run", "pretrain"), kind="retrieval")
     key = _camera_key(store)
-    camera = key.removeprefix("obs/")
+    camera = key.removeprefix(OBS_PREFIX)
     queries = heldout_frames(cfg["task"], cfg["report"]["queries"], cfg["seed"] + 777,
                              store.meta.keys[key].shape[:2])
     k = cfg["report"]["neighbours"]

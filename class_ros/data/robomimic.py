@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from class_ros.data.schema import ACTION, DatasetMeta, KeySchema, obs_key
+from class_ros.data.schema import ACTION, OBS_PREFIX, DatasetMeta, KeySchema, obs_key
 from class_ros.errors import ClassRosError
 
 DEFAULT_RATE_HZ = 20.0  # robosuite's default control_freq, when env_args does not say
@@ -201,7 +201,7 @@ def import_robomimic(file, out, obs_keys=None, filter_key=None, overwrite: bool 
                 demo = f["data"][plan.name]
                 episode = {ACTION: np.asarray(demo["actions"][()], dtype=np.float32)}
                 for key in schemas:
-                    values = np.asarray(demo["obs"][key[len("obs/"):]][()])
+                    values = np.asarray(demo["obs"][key.removeprefix(OBS_PREFIX)][()])
                     episode[key] = values.reshape(len(values), *schemas[key].shape)
                 store.append_episode(episode)
         except ClassRosError as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from class_ros.config import config_from_dict
 from class_ros.errors import ClassRosError
 
 FORMAT_VERSION = 1
@@ -97,8 +98,4 @@ class DatasetMeta:
         if version != FORMAT_VERSION:
             raise ClassRosError(
                 f"dataset format version {version} is not supported (this class_ros reads version {FORMAT_VERSION}).")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ClassRosError(f"dataset metadata has unknown fields {sorted(unknown)}; is it from a newer class_ros?")
-        return cls(**d)
+        return config_from_dict(cls, d, "dataset metadata")

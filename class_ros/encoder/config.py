@@ -9,15 +9,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from class_ros.config import config_from_dict
+from class_ros.config import DictConfig
 from class_ros.errors import ClassRosError
 
 BACKBONES = ("small", "resnet18")
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(DictConfig):
     """The observation encoder: one backbone per camera (or shared) + spatial-softmax head, then proprio."""
+
+    config_name = "encoder"
 
     backbone: str = "small"  # "small": CPU-sized conv net; "resnet18": torchvision ResNet-18 with GroupNorm
     image_keys: list[str] = field(default_factory=list)  # camera names without "obs/"; [] = all of the dataset's
@@ -48,10 +50,6 @@ class EncoderConfig:
                 raise ClassRosError(f"encoder {name} must be positive, got {getattr(self, name)}.")
         if self.noise_std < 0:
             raise ClassRosError(f"encoder noise_std must be >= 0, got {self.noise_std}.")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
-        return config_from_dict(cls, d, "encoder")
 
     def for_dataset(self, meta) -> "EncoderConfig":
         """A copy with cameras, proprio keys/widths and image size filled in from a DatasetMeta."""

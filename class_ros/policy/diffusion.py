@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from class_ros.config import config_from_dict
+from class_ros.config import DictConfig
 from class_ros.encoder.config import EncoderConfig
 from class_ros.encoder.model import ObservationEncoder
+from class_ros.data.schema import ACTION
 from class_ros.errors import ClassRosError
 from class_ros.policy.unet import ConditionalUnet1D, UNetConfig
 
@@ -35,12 +36,13 @@ WEIGHTS = "policy"  # policy.safetensors
 SCHEDULER_FILE = "scheduler.json"
 SAMPLERS = ("ddpm", "ddim")
 PREDICTION_TYPES = ("epsilon", "sample")
-ACTION = "action"
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(DictConfig):
     """The denoiser and its noise schedule; defaults are METHOD.md's (16-step chunks, 16 DDPM steps)."""
+
+    config_name = "diffusion"
 
     horizon: int = 16  # action chunk length H predicted per observation
     n_action_steps: int = 8  # steps of each chunk executed before the next prediction
@@ -54,7 +56,7 @@ class DiffusionConfig:
 
     def __post_init__(self):
         if isinstance(self.unet, dict):
-            self.unet = UNetConfig(**self.unet)
+            self.unet = UNetConfig.from_dict(self.unet)
         if self.horizon < 1 or not 1 <= self.n_action_steps <= self.horizon:
             raise ClassRosError(f"diffusion needs horizon >= 1 and 1 <= n_action_steps <= horizon; got horizon="
                                 f"{self.horizon}, n_action_steps={self.n_action_steps}.")
@@ -66,9 +68,6 @@ class DiffusionConfig:
             raise ClassRosError(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}.")
         check_sampler(self.sampler, self.num_inference_steps, self.num_train_timesteps)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiffusionConfig":
-        return config_from_dict(cls, d, "diffusion")
 
 
 def check_sampler(sampler: str, steps: int, train_steps: int) -> None:

@@ -13,7 +13,6 @@ An index lives in a pre-training run's `index/` folder (built by `class-ros inde
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from class_ros.config import DictConfig
 from class_ros.errors import ClassRosError
 
 INDEX_DIR = "index"
@@ -29,8 +29,10 @@ MODES = ("mean", "sample")
 
 
 @dataclass
-class RetrievalConfig:
+class RetrievalConfig(DictConfig):
     """Query and index settings; stored in index/index.json, overridable when loading the policy."""
+
+    config_name = "retrieval"
 
     k: int = 64  # neighbours
     tau: float = 0.01  # softmax temperature over cosine distances (0.02 for moving cameras)
@@ -52,10 +54,28 @@ class RetrievalConfig:
         if self.mode not in MODES:
             raise ClassRosError(f"retrieval mode {self.mode!r} is not one of {MODES}.")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "RetrievalConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+
+# Settings baked into the stored index rows: changing one needs a rebuild, not a load-time override.
+BUILD_FIELDS = ("proprio_weight", "approx_threshold", "hnsw_m", "ef_construction")
+
+
+def stored_config(saved: dict, folder, overrides: dict) -> RetrievalConfig:
+    """The RetrievalConfig of a saved index with query-time `overrides` on top.
+
+    Migration: indexes written before `proprio_weight` existed hold features of another form; they are
+    refused with the command that rebuilds them. An override of a setting the rows were built with is
+    refused too (the query features would no longer match the stored rows).
+    """
+    rebuild = f"rebuild it with `class-ros index --run {Path(folder).parent} --dataset DATASET`"
+    if "proprio_weight" not in saved:
+        raise ClassRosError(f"{folder} was built by an older class_ros whose index features differ; {rebuild}.")
+    changed = [k for k in BUILD_FIELDS if k in overrides and overrides[k] != saved.get(k)]
+    if changed:
+        was = ", ".join(f"{k}={saved.get(k)}" for k in changed)
+        raise ClassRosError(f"{', '.join(changed)} cannot change when loading: the index rows were built with "
+                            f"{was}; {rebuild}, giving the new value there.")
+    return RetrievalConfig.from_dict({**saved, **overrides})
+
 
 
 @dataclass
@@ -204,7 +224,7 @@ class RetrievalPolicy:
         if info.get("encoder_sha256") != run.meta["files"]["encoder.safetensors"]["sha256"]:
             raise ClassRosError(f"{folder} was built with other encoder weights than the run now holds (was it "
                                 f"trained further?); rebuild it with `class-ros index --run {run.path}`.")
-        config = RetrievalConfig.from_dict({**info["config"], **overrides})
+        config = stored_config(info["config"], folder, overrides)
         encoder = load_encoder(run)
         index = faiss.deserialize_index(np.frombuffer(run.read_checked(folder / "faiss.index"), dtype=np.uint8))
         if isinstance(index, faiss.IndexHNSW):

@@ -19,12 +19,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from class_ros.config import DictConfig
 from class_ros.errors import ClassRosError
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(DictConfig):
     """Sizes of the U-Net; `UNetConfig()` is the paper's model, `UNetConfig.cpu()` a small one for 2 cores."""
+
+    config_name = "unet"
 
     down_dims: list[int] = field(default_factory=lambda: [256, 512, 1024])
     kernel_size: int = 5

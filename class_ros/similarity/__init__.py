@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from class_ros.data.schema import ACTION
 from class_ros.errors import ClassRosError
 
 __all__ = ["dtw_distance", "pairwise_dtw", "dtw_positives", "Positives", "OnTheFlyWeights",
@@ -58,7 +59,7 @@ def normalized_chunks(store, horizon: int) -> np.ndarray:
         raise ClassRosError(f"the DTW horizon must be at least 1, got {horizon}.")
     if store.n_frames == 0:
         raise ClassRosError(f"{store.path} holds no frames; record or convert some episodes first.")
-    actions = np.asarray(store.array("action")[: store.n_frames], dtype=np.float32)
+    actions = np.asarray(store.array(ACTION)[: store.n_frames], dtype=np.float32)
     norm = MinMaxNormalizer.fit(actions)
     chunks = store.action_chunks(int(horizon))  # (N, H, D)
     chunks = np.asarray(norm.normalize(chunks.astype(np.float64)), dtype=np.float32)
