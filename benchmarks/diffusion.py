@@ -8,7 +8,7 @@ Usage:
 
 Latency is `DiffusionPolicy.predict_action_chunk` on one 96x96 image + 7 joint positions: encoder
 once, then the denoising loop, then unnormalisation, as the policy node runs it. Samplers: DDPM-16
-(the peer: METHOD.md's 16 inference steps), DDIM-8 and DDIM-4; the ratio printed is DDPM-16 p50 /
+(the peer: docs/method.md's 16 inference steps), DDIM-8 and DDIM-4; the ratio printed is DDPM-16 p50 /
 this p50. On CUDA each sampler runs eager, replayed from a CUDA graph, and from a CUDA graph with a
 bfloat16 U-Net (what DiffusionPolicy.load does on CUDA). Target (issue 7): under 20 ms per chunk at
 16 steps on an H100. Training: `compute_loss` + backward + AdamW
@@ -136,7 +136,7 @@ def use_fallback_schedulers() -> None:
 
 # ------------------------------------------------------------------------------------------ measuring
 def build_policy(full: bool, device: str):
-    """A randomly initialised policy of the CPU preset or the full (METHOD.md) size, 7 action dims."""
+    """A randomly initialised policy of the CPU preset or the full (docs/method.md) size, 7 action dims."""
     import numpy as np
     import torch
 

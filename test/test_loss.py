@@ -1,4 +1,4 @@
-"""soft_infonce against a direct double loop over METHOD.md section 2, and LARS against its formula."""
+"""soft_infonce against a direct double loop over docs/method.md section 2, and LARS against its formula."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from class_ros.encoder.loss import soft_infonce
 
 
 def loop_loss(z: np.ndarray, w: np.ndarray, tau: float) -> float:
-    """METHOD.md 2 written out element by element in float64."""
+    """docs/method.md 2 written out element by element in float64."""
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     B = len(z)
     rows = []

@@ -11,7 +11,7 @@ HORIZON = 8
 
 
 class DensePositives:
-    """Exact DTW positives of a tiny dataset as a dense (N, N) matrix (METHOD.md 1), for tests only."""
+    """Exact DTW positives of a tiny dataset as a dense (N, N) matrix (docs/method.md 1), for tests only."""
 
     def __init__(self, chunks: np.ndarray, quantile: float = 0.025):
         from dtaidistance import dtw_ndim

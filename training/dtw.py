@@ -1,4 +1,4 @@
-"""`class-ros dtw`: DTW action-sequence positives for every action chunk of a dataset (METHOD.md section 1).
+"""`class-ros dtw`: DTW action-sequence positives for every action chunk of a dataset (docs/method.md 1).
 
 Usage:
     class-ros dtw --dataset data/lift --horizon 16 --quantile 0.025 --out runs/lift/positives.npz

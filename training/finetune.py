@@ -3,7 +3,7 @@
 Usage:
     class-ros finetune --dataset data/sim --init runs/class --out runs/dp_class      # CLASS EMA encoder
     class-ros finetune --dataset data/sim --init none --out runs/dp_scratch          # random encoder
-    class-ros finetune ... --config training/configs/finetune_gpu.yaml              # METHOD.md sizes
+    class-ros finetune ... --config training/configs/finetune_gpu.yaml              # docs/method.md sizes
     class-ros finetune ... --resume                                                  # continue --out
     torchrun --nproc_per_node 4 -m training.finetune --dataset ... --init ... --out ...   # DDP
 

@@ -44,7 +44,7 @@ class PretrainConfig(DictConfig):
     optimizer: str = "adamw"  # "adamw" or "lars"
     lr: float = 1e-3
     weight_decay: float = 1e-6
-    warmup_steps: int = 500  # capped at 5 epochs, as METHOD.md says
+    warmup_steps: int = 500  # capped at 5 epochs, as docs/method.md says
     temperature: float = 0.05
     ema_power: float = 0.75
     dist_horizon: int = 16  # action-chunk length of the positives and of the retrieval chunks

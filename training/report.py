@@ -34,7 +34,7 @@ class ReportInputs:
     title: str = "class_ros demo report"
     config: dict = field(default_factory=dict)  # the demo settings, shown as a short list
     stages: list[dict] = field(default_factory=list)  # {"stage", "status", "seconds", "key"} per stage
-    # DTW (METHOD.md 1): distances of a random sample of pairs, and the positive threshold.
+    # DTW (docs/method.md 1): distances of a random sample of pairs, and the positive threshold.
     dtw_sample: np.ndarray | None = None  # (M,)
     dtw_threshold: float | None = None
     dtw_pairs: int | None = None  # number of positive pairs kept

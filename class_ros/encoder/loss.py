@@ -1,4 +1,4 @@
-"""Soft InfoNCE (METHOD.md section 2): contrastive loss whose positives are weighted by action similarity."""
+"""Soft InfoNCE (docs/method.md section 2): contrastive loss whose positives are weighted by action similarity."""
 from __future__ import annotations
 
 import torch

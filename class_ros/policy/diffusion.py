@@ -1,4 +1,4 @@
-"""Diffusion Policy (METHOD.md section 4): an observation encoder conditions a 1D U-Net that denoises an
+"""Diffusion Policy (docs/method.md section 4): an observation encoder conditions a 1D U-Net that denoises an
 action chunk, trained with diffusers' DDPM noise schedule and sampled with DDPM or DDIM.
 
 A diffusion run directory (class_ros.data.rundir.RunDir, kind "diffusion") holds:
@@ -40,7 +40,7 @@ PREDICTION_TYPES = ("epsilon", "sample")
 
 @dataclass
 class DiffusionConfig(DictConfig):
-    """The denoiser and its noise schedule; defaults are METHOD.md's (16-step chunks, 16 DDPM steps)."""
+    """The denoiser and its noise schedule; defaults are docs/method.md's (16-step chunks, 16 DDPM steps)."""
 
     config_name = "diffusion"
 

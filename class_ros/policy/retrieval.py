@@ -1,4 +1,4 @@
-"""Retrieval ("non-parametric") control, METHOD.md section 3: kNN over CLASS embeddings of the demonstrations.
+"""Retrieval ("non-parametric") control, docs/method.md section 3: kNN over CLASS embeddings of the demonstrations.
 
 An index lives in a pre-training run's `index/` folder (built by `class-ros index`):
     index/faiss.index   the faiss index of L2-normalised observation features (faiss's own format)

@@ -6,7 +6,7 @@ with the observation feature. Each level but the last halves the time axis, so H
 by 2 ** (levels - 1).
 
 Usage:
-    cfg = UNetConfig()                       # METHOD.md: 256/512/1024, kernel 5, 8 groups, step emb 256
+    cfg = UNetConfig()                       # docs/method.md: 256/512/1024, kernel 5, 8 groups, step emb 256
     net = ConditionalUnet1D(action_dim=7, cond_dim=64, config=UNetConfig.cpu())
     eps = net(noisy_chunk, timesteps, obs_feature)   # (B, H, D), (B,), (B, C) -> (B, H, D)
 """

@@ -1,4 +1,4 @@
-"""Action-sequence similarity (METHOD.md section 1): DTW between action chunks and the positive pairs.
+"""Action-sequence similarity (docs/method.md section 1): DTW between action chunks and the positive pairs.
 
     chunks = normalized_chunks(store, horizon=16)       # (N, H, D) in [-1, 1], rot6d dims halved
     pos = dtw_positives(chunks, quantile=0.025)         # exact, see positives.py
@@ -53,7 +53,7 @@ def open_weights(path: str | os.PathLike, chunks=None, *, device: str = "cpu"):
 
 def normalized_chunks(store, horizon: int) -> np.ndarray:
     """(N, H, D) float32: every action chunk of an EpisodeStore, min-max normalised to [-1, 1] per
-    dimension (the policy's normaliser), with the 6D-rotation dims halved (METHOD.md section 1)."""
+    dimension (the policy's normaliser), with the 6D-rotation dims halved (docs/method.md section 1)."""
     from class_ros.data.normalizer import MinMaxNormalizer
     if int(horizon) < 1:
         raise ClassRosError(f"the DTW horizon must be at least 1, got {horizon}.")

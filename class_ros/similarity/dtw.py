@@ -2,7 +2,7 @@
 
     dtw(A, B) = C[T-1][T-1],  C[s][t] = |A_s - B_t|^2 + min(C[s-1][t], C[s][t-1], C[s-1][t-1])
 
-(METHOD.md section 1; equals `aeon.distances.dtw_distance` on (D, T) arrays.)
+(docs/method.md section 1; equals `aeon.distances.dtw_distance` on (D, T) arrays.)
 
 The CPU kernel (kernels.py) is built for throughput on many short sequences (T ~ 16, D ~ 10): one
 sequence against LANES others at once, lane-major, so every inner loop vectorises across pairs; both

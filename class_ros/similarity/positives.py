@@ -1,4 +1,4 @@
-"""Exact top-quantile DTW positives without an N x N matrix (METHOD.md section 1).
+"""Exact top-quantile DTW positives without an N x N matrix (docs/method.md section 1).
 
 Of all unordered pairs i < j, the k = floor(quantile * N(N-1)/2) with the smallest DTW distance are
 positives; their weight is linear in rank: 1.0 for the closest, 0.0 for the k-th. Everything else and
