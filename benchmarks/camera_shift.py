@@ -7,8 +7,11 @@ Usage:
     python benchmarks/camera_shift.py                  # full when CUDA is available, else quick
 
 For each task (lift, pick_place): scripted demonstrations with `random` cameras -> convert -> DTW
-positives -> CLASS pre-training -> index (the `class-ros demo` stages), then four policies, each
-evaluated on `fixed`, `heldout` and `moving` cameras with the same seeds:
+positives -> CLASS pre-training -> index (the `class-ros demo` stages), then four policies and two
+ceilings, each evaluated on `fixed`, `heldout` and `moving` cameras with the same seeds:
+    oracle-retrieval   the ceiling: retrieval over the TRUE cube/goal position + joints (no image), from
+                       scripted demonstrations of the same scenes
+    oracle-dp          the ceiling for Diffusion Policy: the same U-Net trained on that true state
     class-retrieval    retrieval (kNN) over the CLASS encoder's embeddings
     random-retrieval   the same retrieval over a randomly initialised encoder of the same architecture
     dp-scratch         Diffusion Policy trained from scratch
@@ -33,7 +36,9 @@ sys.path.insert(0, str(REPO))
 
 TASKS = ("lift", "pick_place")
 CAMERAS = ("fixed", "heldout", "moving")
-POLICIES = {  # name -> (run folder, policy kind)
+POLICIES = {  # name -> (run folder, policy kind); "oracle": retrieval over the true state (class_ros.sim.oracle)
+    "oracle-retrieval": ("oracle_data", "oracle"),
+    "oracle-dp": ("oracle_dp", "diffusion"),
     "class-retrieval": ("class_run", "retrieval"),
     "random-retrieval": ("random_run", "retrieval"),
     "dp-scratch": ("dp_scratch", "diffusion"),
@@ -86,8 +91,7 @@ def preset_config(preset: str, task: str, device: str) -> dict:
 
 def _stages():
     """The demo's stages up to the index, then the baselines and the evaluation grid."""
-    from training.demo import STAGES, Stage, _jsonable
-    from training.report import save_json
+    from training.demo import STAGES, Stage
 
     def random_encoder(d):
         # Same architecture, config and normalisers as the CLASS run; only the weights are a fresh init.
@@ -119,21 +123,32 @@ def _stages():
                                 device=d.cfg["device"])
         return work
 
+    def oracle_data(d):
+        from class_ros.sim.oracle import expert_demos, write_state_dataset
+        demos = expert_demos(d.cfg["task"], d.cfg["sim_demos"]["episodes"], seed=d.cfg["seed"], progress=True)
+        store = write_state_dataset(demos, d.path("oracle_data"))
+        return {"episodes": len(demos.episode_ends), "frames": store.n_frames}
+
+    def oracle_dp(d):
+        from training.demo import merged_config
+        from training.finetune import finetune as run_finetune
+        return run_finetune(d.path("oracle_data"), None, d.path("oracle_dp"), merged_config(d.cfg["finetune"]),
+                            device=d.cfg["device"])
+
+    def load(name, d):
+        from class_ros.policy import load_policy
+        folder, kind = POLICIES[name]
+        if kind != "oracle":
+            return load_policy(d.path(folder), kind=kind, device=d.cfg["device"])
+        from class_ros.data.store import EpisodeStore
+        from class_ros.sim.oracle import ExpertDemos, OracleRetrievalPolicy
+        return OracleRetrievalPolicy(ExpertDemos.from_store(EpisodeStore.open(d.path(folder)), d.cfg["task"]))
+
     def evaluate(name):
         def work(d):
-            from class_ros.policy import load_policy
-            from training.demo import eval_seed
-            from training.evaluate import evaluate_policy
-            folder, kind = POLICIES[name]
-            results = {}
-            for camera in d.cfg["evaluate"]["cameras"]:
-                policy = load_policy(d.path(folder), kind=kind, device=d.cfg["device"])
-                # Same seeds for every policy (and the demo): the cells of one column compare the same scenes.
-                res = evaluate_policy(policy, task=d.cfg["task"], camera=camera,
-                                      episodes=d.cfg["evaluate"]["episodes"], seed=eval_seed(d.cfg, camera))
-                results[camera] = _jsonable(res)
-            save_json(d.path(f"eval/{name}.json"), results)
-            return results
+            from training.demo import evaluate_cameras
+            # Same seeds for every policy (and the demo): the cells of one column compare the same scenes.
+            return evaluate_cameras(d, lambda: load(name, d), f"eval/{name}")
         return work
 
     def loss_key(s):
@@ -144,19 +159,28 @@ def _stages():
         return _eval_key(s)
 
     base = [s for s in STAGES if s.name in ("sim-demos", "convert", "dtw", "pretrain", "index")]
-    extra = [
-        Stage("random-encoder", ["index"], ["random_run"], random_encoder,
-              lambda s: f"{s['n']} frames indexed", ["index"]),
-        Stage("dp-scratch-train", ["convert"], ["dp_scratch"], finetune(False), loss_key, ["finetune"]),
-        Stage("dp-class-train", ["pretrain"], ["dp_class"], finetune(True), loss_key, ["finetune"]),
-    ]
-    evals = {name: Stage(f"eval-{name}", [dep], [f"eval/{name}.json"], evaluate(name), eval_key, ["evaluate"])
-             for name, dep in (("class-retrieval", "index"), ("random-retrieval", "random-encoder"),
-                               ("dp-scratch", "dp-scratch-train"), ("dp-class", "dp-class-train"))}
-    random_enc, dp_scratch, dp_class = extra
-    # Cheap results first, so a run stopped early still has the retrieval rows.
-    return base + [random_enc, evals["class-retrieval"], evals["random-retrieval"],
-                   dp_scratch, evals["dp-scratch"], dp_class, evals["dp-class"]]
+    train = {
+        "oracle-data": Stage("oracle-data", [], ["oracle_data"], oracle_data,
+                             lambda s: f"{s['episodes']} episodes, {s['frames']} frames", ["sim_demos"]),
+        "random-encoder": Stage("random-encoder", ["index"], ["random_run"], random_encoder,
+                                lambda s: f"{s['n']} frames indexed", ["index"]),
+        "oracle-dp-train": Stage("oracle-dp-train", ["oracle-data"], ["oracle_dp"], oracle_dp, loss_key,
+                                 ["finetune"]),
+        "dp-scratch-train": Stage("dp-scratch-train", ["convert"], ["dp_scratch"], finetune(False), loss_key,
+                                  ["finetune"]),
+        "dp-class-train": Stage("dp-class-train", ["pretrain"], ["dp_class"], finetune(True), loss_key,
+                                ["finetune"]),
+    }
+    depends = {"oracle-retrieval": "oracle-data", "oracle-dp": "oracle-dp-train", "class-retrieval": "index",
+               "random-retrieval": "random-encoder", "dp-scratch": "dp-scratch-train", "dp-class": "dp-class-train"}
+    evals = {name: Stage(f"eval-{name}", [dep], [f"eval/{name}"], evaluate(name), eval_key, ["evaluate"])
+             for name, dep in depends.items()}
+    # Cheap results first, so a run stopped early still has the retrieval rows and the retrieval ceiling.
+    order = ["oracle-data", "eval-oracle-retrieval", "random-encoder", "eval-class-retrieval",
+             "eval-random-retrieval", "dp-scratch-train", "eval-dp-scratch", "dp-class-train", "eval-dp-class",
+             "oracle-dp-train", "eval-oracle-dp"]
+    stages = {**train, **{s.name: s for s in evals.values()}}
+    return base + [stages[name] for name in order]
 
 
 SHARED_WITH_DEMO = {"sim-demos": "bags", "convert": "dataset", "dtw": "positives.npz", "pretrain": "class_run",
@@ -254,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         timings[task] = {r["stage"]: r["seconds"] for r in table}
         results[task] = {}
         for name in POLICIES:
-            path = out / task / "eval" / f"{name}.json"
-            evals = json.loads(path.read_text()) if path.exists() else {}
-            results[task][name] = {cam: cell(evals.get(cam)) for cam in CAMERAS}
+            folder = out / task / "eval" / name
+            results[task][name] = {cam: cell(json.loads((folder / f"{cam}.json").read_text())
+                                             if (folder / f"{cam}.json").exists() else None) for cam in CAMERAS}
     machine = machine_description(device)
     md = markdown_table(results, note, machine)
     (out / "camera_shift.md").write_text(md)

@@ -76,7 +76,8 @@ def test_cli_rejects_unknown_preset(capsys):
 
 def test_the_stages_in_order_each_with_outputs():
     names = [s.name for s in STAGES]
-    assert names == ["sim-demos", "convert", "dtw", "pretrain", "index", "evaluate", "closed-loop", "report"]
+    assert names == ["sim-demos", "convert", "dtw", "pretrain", "index", "evaluate", "oracle", "closed-loop",
+                     "report"]
     assert all(s.outputs for s in STAGES)
 
 
@@ -106,6 +107,9 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     for cam in ("fixed", "heldout", "moving"):
         ev = json.loads((out / "eval" / f"{cam}.json").read_text())
         assert ev["episodes"] == 2 and f"| {cam} | direct | {ev['successes']}/2 |" in report
+        oracle = json.loads((out / "oracle" / f"{cam}.json").read_text())
+        assert oracle["episode_seeds"] == ev["episode_seeds"]  # the ceiling is measured on the same scenes
+        assert f"| {cam} (oracle: true cube position) | direct | {oracle['successes']}/2 |" in report
     loop = json.loads((out / "closed_loop.json").read_text())
     assert loop["episodes"] == 1 and len(loop["episode_details"]) == 1 and loop["latency_ms"]
     direct = json.loads((out / "eval" / "heldout.json").read_text())

@@ -58,3 +58,13 @@ def test_quick_preset_shares_the_demo_stages_settings_so_a_finished_demo_is_reus
     for section in ("sim_demos", "convert", "dtw", "pretrain", "index"):
         assert quick[section] == demo[section], section
     assert (quick["task"], quick["seed"], quick["device"]) == (demo["task"], demo["seed"], demo["device"])
+
+
+def test_every_table_carries_the_privileged_state_ceilings_first():
+    stages = [s.name for s in camera_shift._stages()]
+    assert list(camera_shift.POLICIES)[:2] == ["oracle-retrieval", "oracle-dp"]
+    for name in camera_shift.POLICIES:
+        assert f"eval-{name}" in stages, name
+    assert stages.index("eval-oracle-retrieval") < stages.index("dp-scratch-train")  # cheap ceiling first
+    deps = {s.name: s.depends for s in camera_shift._stages()}
+    assert deps["oracle-dp-train"] == ["oracle-data"] and deps["eval-oracle-dp"] == ["oracle-dp-train"]

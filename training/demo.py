@@ -10,6 +10,7 @@ Stages, in order (the configuration of each is a section of training/configs/dem
     pretrain     CLASS pre-training of the visual encoder (CPU preset)
     index        the retrieval index of the pre-trained run
     evaluate     the retrieval policy run directly in the simulator on fixed, heldout and moving cameras
+    oracle       the ceiling beside it: retrieval over the true cube position + joints, on the same scenes
     closed-loop  the same policy through the ROS 2 node graph with sim_node, on heldout cameras
     report       report.md and its figures
 
@@ -162,16 +163,32 @@ def _index(d: Demo) -> dict:
 
 def _evaluate(d: Demo) -> dict:
     from class_ros.policy import load_policy
+    c = d.cfg["evaluate"]
+    return evaluate_cameras(d, lambda: load_policy(d.class_run, kind=c["policy"], device=d.cfg["device"]), "eval",
+                            video=True)
+
+
+def _oracle(d: Demo) -> dict:
+    """The ceiling beside the learned policy: retrieval over the true cube position + joints, on the same
+    scenes (class_ros.sim.oracle)."""
+    from class_ros.sim.oracle import OracleRetrievalPolicy, expert_demos
+    demos = expert_demos(d.cfg["task"], d.cfg["sim_demos"]["episodes"], seed=d.cfg["seed"])
+    oracle = OracleRetrievalPolicy(demos)
+    return evaluate_cameras(d, lambda: oracle, "oracle")
+
+
+def evaluate_cameras(d: Demo, make_policy: Callable, folder: str, video: bool = False) -> dict:
+    """Evaluate a fresh `make_policy()` on every camera mode of the evaluate section, with the shared seeds;
+    writes folder/<camera>.json (and .mp4 with `video`) and returns {camera: result}."""
     from training.evaluate import evaluate_policy
     c = d.cfg["evaluate"]
     results = {}
     for camera in c["cameras"]:
-        policy = load_policy(d.class_run, kind=c["policy"], device=d.cfg["device"])
-        res = evaluate_policy(policy, task=d.cfg["task"], camera=camera, episodes=c["episodes"],
+        res = evaluate_policy(make_policy(), task=d.cfg["task"], camera=camera, episodes=c["episodes"],
                               seed=eval_seed(d.cfg, camera), image_size=(d.cfg["sim_demos"]["image_size"],) * 2,
-                              video_path=d.path(f"eval/{camera}.mp4"))
-        save_json(d.path(f"eval/{camera}.json"), _jsonable(res))
+                              video_path=d.path(f"{folder}/{camera}.mp4") if video else None)
         results[camera] = _jsonable(res)
+        save_json(d.path(f"{folder}/{camera}.json"), results[camera])
     return results
 
 
@@ -226,8 +243,9 @@ STAGES = [
           lambda s: f"loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} in {s['steps']} steps", ["pretrain"]),
     Stage("index", ["pretrain"], ["class_run/index"], _index, _index_key, ["index"]),
     Stage("evaluate", ["index"], ["eval"], _evaluate, _eval_key, ["evaluate"]),
+    Stage("oracle", [], ["oracle"], _oracle, _eval_key, ["sim_demos", "evaluate"]),
     Stage("closed-loop", ["index"], ["closed_loop.json"], _closed_loop, _loop_key, ["closed_loop"]),
-    Stage("report", ["dtw", "pretrain", "index", "evaluate", "closed-loop"], ["report.md"], _report,
+    Stage("report", ["dtw", "pretrain", "index", "evaluate", "oracle", "closed-loop"], ["report.md"], _report,
           lambda s: s.get("report", ""), ["report"], partial_ok=True),
 ]
 

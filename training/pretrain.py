@@ -198,6 +198,9 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     if store.n_frames < 2:
         raise ClassRosError(f"{dataset} holds {store.n_frames} frames; pre-training needs at least 2.")
     cfg = dataclasses.replace(cfg, encoder=cfg.encoder.for_dataset(store.meta))
+    if not cfg.encoder.image_keys:
+        raise ClassRosError(f"{dataset} has no image observations; CLASS pre-trains a visual encoder and needs "
+                            "at least one camera.")
     weights = open_positives(positives, store, cfg.dist_horizon)
     check_positives(weights, store.n_frames)
     normalizers = fit_normalizers(store, cfg.encoder.proprio_keys)

@@ -322,7 +322,9 @@ def write_report(out_dir: str | os.PathLike, inputs: ReportInputs) -> Path:
         md.append(f"Success rate of the retrieval policy on the `{task}` task, with 95% confidence intervals. "
                   "`fixed`: one camera pose; `heldout`: poses outside the training range; `moving`: the camera "
                   "drifts during the episode. `ROS` rows ran through the full node graph (camera, embedding, "
-                  "policy, arm-command and sim nodes over DDS); `direct` rows call the policy in the simulator.\n")
+                  "policy, arm-command and sim nodes over DDS); `direct` rows call the policy in the simulator. "
+                  "`oracle` rows are the ceiling: the same execution on the same scenes, retrieving by the true "
+                  "cube position and joints instead of the camera image.\n")
         md.append("| camera | via | successes | success rate | 95% CI |\n|---|---|---:|---:|---|")
         for r in success_rows(inputs.success):
             md.append(f"| {r['mode']} | {r['via']} | {r['successes']}/{r['episodes']} | {r['rate']:.1%} | "

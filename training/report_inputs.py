@@ -227,6 +227,11 @@ def _gather_success(demo, cfg, inputs, rng) -> None:
         path = demo / "eval" / f"{camera}.json"
         if path.exists():
             inputs.success[camera] = success_record(json.loads(path.read_text()), "direct")
+    for camera in cfg["evaluate"]["cameras"]:  # the ceiling: the same scenes, driven by the true state
+        path = demo / "oracle" / f"{camera}.json"
+        if path.exists():
+            inputs.success[f"{camera} (oracle: true cube position)"] = success_record(json.loads(path.read_text()),
+                                                                                       "direct")
     loop = demo / "closed_loop.json"
     if loop.exists():
         inputs.success[f"{cfg['closed_loop']['camera']} (ROS graph)"] = success_record(

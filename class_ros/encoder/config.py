@@ -61,13 +61,13 @@ class EncoderConfig(DictConfig):
             if obs_key(name) not in meta.keys:
                 raise ClassRosError(f"the encoder needs observation {name!r} but the dataset has "
                                     f"{sorted(meta.keys)}.")
-        if not cams:
-            raise ClassRosError("the dataset has no image observations; the encoder needs at least one camera.")
+        if not cams and not props:
+            raise ClassRosError("the dataset has no observations; the encoder needs a camera or a proprio key.")
         sizes = {tuple(meta.keys[obs_key(c)].shape[:2]) for c in cams}
-        if len(sizes) != 1:
+        if len(sizes) > 1:
             raise ClassRosError(f"all cameras must share one image size, got {sorted(sizes)}; resize them when "
                                 "converting.")
-        size = list(sizes.pop())
+        size = list(sizes.pop()) if sizes else list(self.image_size)  # no cameras: a state-only encoder
         return dataclasses.replace(self, image_keys=cams, proprio_keys=props,
                                    proprio_dims=[int(meta.keys[obs_key(p)].shape[0]) for p in props],
                                    image_size=size, crop_size=min(self.crop_size, *size))

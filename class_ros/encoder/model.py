@@ -25,11 +25,13 @@ class ObservationEncoder(nn.Module):
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        if not config.image_keys:
-            raise ClassRosError("the encoder config names no cameras; fill it with EncoderConfig.for_dataset(meta).")
+        if not config.image_keys and not config.proprio_keys:
+            raise ClassRosError("the encoder config names no cameras and no proprio keys; fill it with "
+                                "EncoderConfig.for_dataset(meta).")
         self.config = config
         c = config
-        names = ["shared"] if c.shared_backbone else list(c.image_keys)
+        # No cameras: a state-only encoder (the privileged-state ceilings of class_ros.sim.oracle).
+        names = [] if not c.image_keys else ["shared"] if c.shared_backbone else list(c.image_keys)
         self.backbones = nn.ModuleDict({n: VisionBackbone(c.backbone, c.crop_size, c.num_keypoints, c.feature_dim,
                                                           c.small_width) for n in names})
         self.augment = ImageAugment(c.crop_size, c.noise_std)
@@ -86,6 +88,8 @@ class ObservationEncoder(nn.Module):
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """{camera: (B, H, W, 3) uint8, proprio: (B, d)} -> (B, F) = image features, then normalised proprio."""
+        if not self.config.image_keys:
+            return self.proprio(obs)
         feats = self.image_features(obs)
         if not self.config.proprio_keys:
             return feats

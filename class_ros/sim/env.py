@@ -7,8 +7,9 @@
 Actions are absolute joint-position targets, like a ros2_control position interface. The joint servos
 run at `SERVO_RATE_HZ`: each tick they move their setpoint towards the target by at most the joint's
 velocity limit, then the MuJoCo position actuators track the setpoint. Observations:
-`{"agentview": (H, W, 3) uint8, "joint_pos": (7,) float32}` (6 joint positions + gripper opening in
-the 0 open .. 1 closed target units); `render_images=False` leaves out the image (for fast tests).
+`{"agentview": (H, W, 3) uint8, "joint_pos": (7,) float32, "privileged_state": (5,) float32}` (6 joint
+positions + gripper opening in the 0 open .. 1 closed target units; the true object state, which only
+the privileged-state ceilings of class_ros.sim.oracle read); `render_images=False` leaves out the image.
 Everything random comes from the reset seed, so one seed gives the same images and states.
 
 The ROS sim node drives the same object at a lower level: `set_targets`, `advance(seconds)`,
@@ -213,8 +214,13 @@ class ArmEnv:
         self.data.ctrl[:6] = self._setpoint[:6]
         self.data.ctrl[6] = robot.gripper_to_opening(self._setpoint[6])
 
+    def privileged_state(self) -> np.ndarray:
+        """(5,) the true object state: cube centre (3) and goal xy (2; zeros for lift)."""
+        goal = self.layout.goal_xy if self.layout.goal_xy is not None else np.zeros(2)
+        return np.concatenate([self.cube_position(), goal]).astype(np.float32)
+
     def _observe(self) -> dict:
-        obs = {"joint_pos": self.joint_positions().astype(np.float32)}
+        obs = {"joint_pos": self.joint_positions().astype(np.float32), "privileged_state": self.privileged_state()}
         if self.render_images:
             obs["agentview"] = self.render()
         return obs
