@@ -29,6 +29,10 @@ def _fixture_inputs(rng) -> ReportInputs:
         success={"fixed": {"successes": 9, "episodes": 10, "via": "direct"},
                  "heldout": {"successes": 3, "episodes": 4, "ci_low": 0.3, "ci_high": 0.95, "via": "ROS"}},
         latency_ms=rng.normal(20.0, 2.0, 300),
+        diagnostics={"target": "end-effector position at the end of the action chunk", "frames": 600,
+                     "trained": {"probe_cm": 1.23, "neighbour_cm": 2.34}, "untrained": {"probe_cm": 3.0,
+                                                                                       "neighbour_cm": 4.5},
+                     "positive_pair_cm": 3.95, "random_pair_cm": 10.1},
     )
 
 
@@ -51,6 +55,8 @@ def test_report_writes_every_figure_and_real_numbers(tmp_path):
     # The embedding table shows the change: phase agreement 100% after, camera-clustered before.
     assert "| after CLASS pre-training | 100.0% |" in text
     assert "| dtw | ran | 1.5 | threshold 0.0123 |" in text
+    assert "| after CLASS pre-training | 1.23 | 2.34 |" in text and "| random initialisation | 3.00 | 4.50 |" in text
+    assert "targets 3.95 cm apart (random pairs 10.10 cm)" in text
     assert not list(tmp_path.glob("*.tmp*"))
 
 
@@ -58,7 +64,8 @@ def test_report_marks_missing_sections(tmp_path):
     inputs = ReportInputs(notes={"success": "stage `evaluate` did not run"})
     text = write_report(tmp_path, inputs).read_text()
     assert "*Not available: stage `evaluate` did not run.*" in text
-    assert text.count("Not available") == 7  # stages, dtw, positives, embeddings, neighbours, success, latency
+    assert text.count("Not available") == 8  # stages, dtw, positives, embeddings, diagnostics, neighbours, success,
+    # latency
     assert not list(tmp_path.glob("*.png"))
 
 

@@ -168,11 +168,13 @@ def build_optimizer(params, cfg: PretrainConfig):
 
 # ------------------------------------------------------------------------------------------ the step
 def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init_weights=None,
-             device: str | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
+             device: str | None = None, progress: bool = True, stop_after: int | None = None,
+             diagnostics: bool = True) -> dict:
     """Pre-train a CLASS encoder on `dataset` with `positives` into run directory `out`; returns a summary.
 
     `positives`: a path for class_ros.similarity.open_weights, or an object with batch_weights(idx).
     `stop_after`: checkpoint and return after this many steps of this call (continue with resume=True).
+    `diagnostics`: end with training/diagnostics.py's numbers (summary["diagnostics"]; {} without targets).
     """
     import torch
     import torch.distributed as dist
@@ -254,6 +256,10 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     summary = summarize(out, steps, losses, seconds, world, device,
                         rows_with_positives=float(np.mean(fracs)) if fracs else None,
                         images_per_s=done * cfg.batch_size * world / seconds if done and seconds > 0 else None)
+    if rank == 0 and diagnostics:  # what the EMA encoder holds, for the user to see why retrieval works or not
+        from class_ros.encoder.model import load_encoder
+        from training.diagnostics import diagnose
+        summary["diagnostics"] = diagnose(load_encoder(run, device), store, weights, cfg.dist_horizon, cfg.seed)
     return finish(run, "pretrain", summary, rank, world)
 
 
@@ -276,6 +282,9 @@ def run(args: argparse.Namespace) -> int:
     summary = pretrain(args.dataset, args.positives, args.out, args.config, resume=args.resume,
                        init_weights=args.init_weights, device=args.device)
     print_summary("pretrain", summary, "images_per_s", "img/s")
+    if "diagnostics" in summary:
+        from training.diagnostics import format_diagnostics
+        print(format_diagnostics(summary["diagnostics"]))
     return 0
 
 

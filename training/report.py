@@ -58,6 +58,7 @@ class ReportInputs:
     # Evaluation: camera mode -> {"successes", "episodes", ["ci_low", "ci_high"], "via"}.
     success: dict = field(default_factory=dict)
     latency_ms: np.ndarray | None = None  # (L,) observation stamp -> command publication
+    diagnostics: dict = field(default_factory=dict)  # training/diagnostics.py's numbers from pre-training
     notes: dict = field(default_factory=dict)  # section -> why it is missing (e.g. "the evaluate stage did not run")
 
 
@@ -303,6 +304,26 @@ def write_report(out_dir: str | os.PathLike, inputs: ReportInputs) -> Path:
         md.append("![embeddings](embeddings.png)\n")
     else:
         md.append(_missing(inputs, "embeddings"))
+
+    md.append("### What the embedding knows about where the arm goes next\n")
+    d = inputs.diagnostics
+    if d.get("trained"):
+        t, u = d["trained"], d["untrained"]
+        md.append(f"Target: the {d['target']} ({d['frames']} frames), in cm. Retrieval replays its nearest "
+                  "demonstration, so it grasps about as far off as the nearest frame's target; a grasp needs "
+                  "about 1.5-2 cm.\n")
+        md.append("| encoder | linear probe error (held-out episodes) | nearest other-episode frame's target |"
+                  "\n|---|---:|---:|")
+        md.append(f"| random initialisation | {u['probe_cm']:.2f} | {u['neighbour_cm']:.2f} |")
+        md.append(f"| after CLASS pre-training | {t['probe_cm']:.2f} | {t['neighbour_cm']:.2f} |\n")
+        if "positive_pair_cm" in d:
+            md.append(f"DTW positive pairs have targets {d['positive_pair_cm']:.2f} cm apart (random pairs "
+                      f"{d['random_pair_cm']:.2f} cm): pre-training pulls such pairs together, so it cannot teach "
+                      "finer distinctions than this. A small probe error with a large neighbour distance means "
+                      "the information is there but the neighbourhoods are not; more data or a finer DTW target "
+                      "helps the second, more training the first.\n")
+    else:
+        md.append(_missing(inputs, "diagnostics"))
 
     md.append("## 3. Retrieval from held-out cameras\n")
     if inputs.query_images is not None and inputs.neighbour_images is not None:

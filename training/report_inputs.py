@@ -29,7 +29,8 @@ def gather_inputs(demo_dir: str | os.PathLike, cfg: dict, stages: list[dict] | N
                                   "DTW horizon": cfg["dtw"]["horizon"], "quantile": cfg["dtw"]["quantile"]})
     rng = np.random.default_rng(cfg["seed"])
     sections = (("dtw", _gather_dtw), ("positives", _gather_positives), ("embeddings", _gather_embeddings),
-                ("neighbours", _gather_neighbours), ("success", _gather_success), ("latency", _gather_latency))
+                ("diagnostics", _gather_diagnostics), ("neighbours", _gather_neighbours),
+                ("success", _gather_success), ("latency", _gather_latency))
     for name, gather in sections:
         try:
             gather(demo, cfg, inputs, rng)
@@ -152,6 +153,14 @@ def _image_features(encoder, images: np.ndarray, camera: str, batch: int = 64) -
         for i in range(0, len(images), batch):
             out.append(encoder.image_features({camera: torch.from_numpy(images[i:i + batch])}, train=False).numpy())
     return np.concatenate(out)
+
+
+def _gather_diagnostics(demo, cfg, inputs, rng) -> None:
+    from class_ros.data.rundir import RunDir
+    run = RunDir.open(_need(demo / "class_run", "pretrain"), kind="encoder")
+    inputs.diagnostics = run.meta.get("pretrain_summary", {}).get("diagnostics") or {}
+    if not inputs.diagnostics:
+        raise _Missing("pre-training recorded no diagnostics (the dataset has no end-effector targets)")
 
 
 def _gather_embeddings(demo, cfg, inputs, rng) -> None:
