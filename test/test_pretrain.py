@@ -232,6 +232,7 @@ def test_positive_pair_batches_pair_each_anchor_with_one_of_its_positives():
     assert sample_batch(rng, 4, 8).shape == (8,)  # no positives: uniform
 
 
+@pytest.mark.slow  # ~25 s idle (a torch process start, then a few steps); more on a loaded machine
 def test_kill_9_mid_pretrain_is_refused_by_index_and_resumed(tmp_path, capsys):
     """A real `class-ros pretrain` process killed with SIGKILL while it trains: index refuses the run (or uses its
     last checkpoint with --allow-partial, saying which step), and --resume continues from that checkpoint."""
