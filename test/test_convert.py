@@ -21,13 +21,18 @@ JS = "sensor_msgs/msg/JointState"
 F64 = "std_msgs/msg/Float64MultiArray"
 
 
-def test_crop_outside_the_image_and_huge_sizes_are_named_before_reading(tmp_path):
+def _camera_bag(path, frame: np.ndarray, encoding: str):
+    """Five frames at 10 Hz of a constant image on /cam, with joint states and commands."""
     msgs = [("/joint_states", JS, T0 + k * 100 * MS, joint_state(T0 + k * 100 * MS, ["a", "b", "c"], [0, 0, 0]))
             for k in range(5)]
     msgs += [("/cmd", F64, T0 + k * 100 * MS, float_array([0, 0])) for k in range(5)]
-    msgs += [("/cam", "sensor_msgs/msg/Image", T0 + k * 100 * MS,
-              image(T0 + k * 100 * MS, np.zeros((8, 8, 3), np.uint8), "rgb8")) for k in range(5)]
-    write_bag(tmp_path / "bag", msgs, "mcap")
+    msgs += [("/cam", "sensor_msgs/msg/Image", T0 + k * 100 * MS, image(T0 + k * 100 * MS, frame, encoding))
+             for k in range(5)]
+    return write_bag(path, msgs, "mcap")
+
+
+def test_crop_outside_the_image_and_huge_sizes_are_named_before_reading(tmp_path):
+    _camera_bag(tmp_path / "bag", np.zeros((8, 8, 3), np.uint8), "rgb8")
     m = _mapping()
     m["observations"]["cam"] = {"topic": "/cam", "image": {"size": [4, 4], "crop": [2, 2, 8, 8]}}
     with pytest.raises(ClassRosError) as err:
@@ -267,12 +272,7 @@ def test_marker_and_gap_splits(tmp_path):
 
 
 def test_unsupported_encoding_names_topic_and_encoding(tmp_path):
-    msgs = [("/joint_states", JS, T0 + k * 100 * MS, joint_state(T0 + k * 100 * MS, ["a", "b", "c"], [0, 0, 0]))
-            for k in range(5)]
-    msgs += [("/cmd", F64, T0 + k * 100 * MS, float_array([0, 0])) for k in range(5)]
-    msgs += [("/cam", "sensor_msgs/msg/Image", T0 + k * 100 * MS,
-              image(T0 + k * 100 * MS, np.zeros((4, 4, 1), np.uint8), "bayer_rggb8")) for k in range(5)]
-    write_bag(tmp_path / "bag", msgs, "mcap")
+    _camera_bag(tmp_path / "bag", np.zeros((4, 4, 1), np.uint8), "bayer_rggb8")
     m = _mapping()
     m["observations"]["cam"] = {"topic": "/cam", "image": {"size": [4, 4]}}
     m["observations"]["joint_pos"]["max_age_s"] = 0.2
@@ -574,3 +574,21 @@ def test_real_arm_example_mapping_converts_a_matching_bag(tmp_path):
     assert np.abs(ep["obs/wrist"].astype(int) - 90).max() <= 2
     np.testing.assert_array_equal(ep["obs/joint_pos"][0], np.arange(7))
     np.testing.assert_array_equal(ep["action"][0], 10 + np.arange(7))
+
+
+def test_unparsable_embedded_definition_is_named_and_msg_dir_overrides_it(tmp_path):
+    msgs = []
+    for k in range(10):
+        t = T0 + k * 100 * MS
+        msgs.append(("/joint_states", JS, t, joint_state(t, ["a", "b", "c"], [k, k, k])))
+        msgs.append(("/cmd", F64, t, float_array([k, 2 * k])))
+    bag = write_bag(tmp_path / "bag", msgs, "mcap", msgdefs={F64: "std_msgs/MultiArrayLayout layout\nfloat64[ data\n"})
+    m = parse_mapping(_mapping(max_age_s=0.2))
+    with pytest.raises(ClassRosError, match="the message definition of std_msgs/msg/Float64MultiArray embedded in "
+                                            "the bag for topic /cmd cannot be parsed.*--msg-dir"):
+        convert_bags([bag], m, tmp_path / "ds")
+    (tmp_path / "msgs" / "std_msgs" / "msg").mkdir(parents=True)
+    (tmp_path / "msgs" / "std_msgs" / "msg" / "Float64MultiArray.msg").write_text(
+        "std_msgs/MultiArrayLayout layout\nfloat64[] data\n")
+    convert_bags([bag], m, tmp_path / "ds", msg_dir=tmp_path / "msgs")
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "ds").episode(0)["action"][:, 1], 2 * np.arange(10))

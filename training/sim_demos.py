@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import shutil
 from pathlib import Path
 
@@ -107,7 +106,7 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
                 tried += 1
                 successes += ok
                 if ok or keep_failed:
-                    os.replace(tmp, out / name)
+                    outputs.move_into_place(tmp, out / name)  # a bag appears whole or not at all
                     kept.append(name)
                     seeds.append(ep_seed)
                     lengths.append(steps)

@@ -56,13 +56,7 @@ def _tmp_sibling(path: Path, tag: str) -> Path:
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write; on a clean exit it is fsynced and renamed over `path`."""
-    path = Path(path)
-    if path.is_dir():
-        raise ClassRosError(f"{path} is a folder; name a file to write.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ClassRosError(f"cannot create the folder {path.parent} ({err.strerror}).") from None
+    path = check_file_target(path)
     tmp = _tmp_sibling(path, "tmp")
     try:
         yield tmp
@@ -219,6 +213,15 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(Path(folder))
 
 
+def move_into_place(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Flush the finished folder `src` to disk and rename it to the new name `dest` (one atomic step)."""
+    src, dest = Path(src), Path(dest)
+    _fsync_tree(src)
+    os.rename(src, dest)
+    _fsync_dir(dest.parent)
+    return dest
+
+
 def write_manifest(folder: str | os.PathLike, kind: str, *, format_version: int, complete: bool,
                    lineage: dict | None = None, **fields) -> dict:
     """Write `folder`/manifest.json (atomically); returns it. `building` calls this last."""
@@ -254,15 +257,11 @@ def building(out: str | os.PathLike, kind: str, *, overwrite: bool = False, line
         b = Building(out, tmp, lineage or {})
         yield b
         write_manifest(tmp, kind, format_version=format_version, complete=True, lineage=b.lineage, **b.manifest)
-        _fsync_tree(tmp)
         check_target(out, kind, overwrite=overwrite)  # something may have appeared there meanwhile
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        _fsync_dir(out.parent)
+            os.rename(out, old)  # until the next line, the old output waits here (recovered if we are killed)
+        move_into_place(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -258,11 +258,13 @@ class RunDir:
     def save_normalizers(self, normalizers: dict[str, MinMaxNormalizer]) -> None:
         """normalizer.json: one min-max normaliser per name ("action", proprio names without obs/)."""
         outputs.write_json(self.path / NORMALIZER, {k: n.to_dict() for k, n in normalizers.items()}, indent=None)
+        self.record_file(self.path / NORMALIZER)
 
     def load_normalizers(self) -> dict[str, MinMaxNormalizer]:
+        """normalizer.json back as {name: MinMaxNormalizer}, refusing an altered file like the weights."""
         try:
-            d = json.loads((self.path / NORMALIZER).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            d = json.loads(self.read_checked(self.path / NORMALIZER))
+        except json.JSONDecodeError as err:
             raise ClassRosError(f"cannot read {self.path / NORMALIZER} ({err}); the run is damaged.") from err
         return {k: MinMaxNormalizer.from_dict(v) for k, v in d.items()}
 
