@@ -16,7 +16,6 @@ Figures (matplotlib Agg, written beside report.md):
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
