@@ -56,7 +56,7 @@ def _tmp_sibling(path: Path, tag: str) -> Path:
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write; on a clean exit it is fsynced and renamed over `path`."""
-    path = check_file_target(path)
+    path = _file_path(path)
     tmp = _tmp_sibling(path, "tmp")
     try:
         yield tmp
@@ -68,8 +68,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def check_file_target(path: str | os.PathLike) -> Path:
-    """Refuse, before any work, a file output that cannot be written: a folder, or an unwritable place."""
+def _file_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ClassRosError(f"{path} is a folder; name a file to write (e.g. {path / 'out.json'}).")
@@ -77,6 +76,12 @@ def check_file_target(path: str | os.PathLike) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ClassRosError(f"cannot create the folder {path.parent} ({err.strerror}); choose another path.") from None
+    return path
+
+
+def check_file_target(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, a file output that cannot be written: a folder, or an unwritable place."""
+    path = _file_path(path)
     _probe_writable(path.parent, "path")
     return path
 
