@@ -112,6 +112,7 @@ def _stages():
         # The proprio normaliser is a buffer of the encoder: keep the trained one so only vision differs.
         state = {k: (trained[k] if k.startswith("proprio_") else v) for k, v in enc.state_dict().items()}
         dst.save_weights("encoder", {"ema": state, "raw": state})
+        dst.finish(0)  # an untrained baseline is complete as it is
         return build_index(d.path("random_run"), d.dataset, **d.cfg.get("index", {}))
 
     def finetune(init):
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in DEMO_ENV.items():  # off-screen rendering, DDS on this machine (as `make` sets them)
         os.environ.setdefault(name, value)
     import torch
-    from training.report import save_json
+    from class_ros.data.outputs import write_json
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = args.preset if args.preset != "auto" else ("full" if device == "cuda" else "quick")
     note = PRESETS[preset]["note"]
@@ -284,9 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description(device)
     md = markdown_table(results, note, machine)
     (out / "camera_shift.md").write_text(md)
-    save_json(out / "camera_shift.json", {"preset": preset, "note": note, "machine": machine, "device": device,
-                                          "results": results, "stage_seconds": timings,
-                                          "total_seconds": time.perf_counter() - t0})
+    write_json(out / "camera_shift.json", {"preset": preset, "note": note, "machine": machine, "device": device,
+                                           "results": results, "stage_seconds": timings,
+                                           "total_seconds": time.perf_counter() - t0}, indent=2, sort_keys=True)
     print(md)
     print(f"camera_shift: table written to {out / 'camera_shift.md'} and {out / 'camera_shift.json'}")
     complete = all(c is not None for t in results.values() for p in t.values() for c in p.values())

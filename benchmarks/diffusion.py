@@ -33,6 +33,7 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.machine import cpu_line, time_steps  # noqa: E402 - after the path set-up
+from class_ros.data.outputs import write_json  # noqa: E402 - after the path set-up
 
 SAMPLERS = (("ddpm", 16), ("ddim", 8), ("ddim", 4))
 
@@ -299,10 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats, train_steps = (10, 3) if args.quick else (40, 10)
         results["models"]["cpu_preset"] = run_model("CPU preset", False, "cpu", repeats, train_steps, False)
     out = Path(args.out or REPO / "benchmarks" / "results" / f"diffusion{'_cuda' if on_cuda else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out)
+    write_json(out, results)
     print(f"diffusion benchmark: wrote {out}")
     return 0
 

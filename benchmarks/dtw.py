@@ -32,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
+from class_ros.data.outputs import write_json  # noqa: E402 - after the path set-up
 
 
 def demo_chunks(n: int, T: int = 16, D: int = 10, seed: int = 0, episode_len: int = 200) -> np.ndarray:
@@ -197,10 +198,7 @@ def main(argv=None) -> int:
                   f"{r['peak_rss_mb']:7.0f} MB  ({r['positive_pairs']} pairs, threshold {r['threshold']:.4g}, "
                   f"{r['passes']} pass{'es' if r['passes'] > 1 else ''}); batch_weights(B=160) "
                   f"{r['batch_weights_us_b160']:.0f} us", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
+    write_json(out, report, indent=2)
     print(f"wrote {out}")
     return 0
 

@@ -12,7 +12,6 @@ printed as ratios against those targets and written to benchmarks/results/latenc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from class_ros.data.outputs import write_json  # noqa: E402 - after the path set-up
 
 TARGET_P99_MS = 50.0
 TARGET_DECODE_MS = 2.0
@@ -108,10 +108,7 @@ def main() -> int:
             s, m = results["single_process"], results["multi_process"]
             print(f"multi-process / single-process p50: {m['p50_ms'] / s['p50_ms']:.2f}x")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(results, indent=1))
-    os.replace(tmp_out, out)
+    write_json(out, results)
     print(f"wrote {out}")
     return 0
 

@@ -13,7 +13,6 @@ if any failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+from class_ros.data.outputs import write_json  # noqa: E402 - after the path set-up
 
 
 def scripts(only: list[str] | None, skip: list[str]) -> list[Path]:
@@ -55,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['benchmark']:<16} {'ok' if r['rc'] == 0 else 'FAILED (exit %d)' % r['rc']:<16} {r['seconds']:>8.1f} s")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"results": results}, indent=2))
-    os.replace(tmp, out)
+    write_json(out, {"results": results}, indent=2)
     print(f"summary written to {out}")
     return 0 if all(r["rc"] == 0 for r in results) else 1
 

@@ -14,7 +14,6 @@ of machine earlier, not in this run): robosuite 1.5 Panda Lift, about 18 ms of p
 per 20 Hz step without rendering.
 """
 import argparse
-import json
 import sys
 import os
 import tempfile
@@ -26,6 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
+from class_ros.data.outputs import write_json  # noqa: E402 - after the path set-up
 
 TARGET_STEPS_PER_S = 100.0
 ROBOSUITE_PHYSICS_S_PER_STEP = 0.018  # documented, per 20 Hz step (0.05 s simulated)
@@ -109,10 +109,7 @@ def main():
                    ratio_env_vs_target=results["env_steps_per_s"] / TARGET_STEPS_PER_S,
                    ratio_physics_vs_robosuite_documented=results["physics_steps_per_s"] / robosuite_rate)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
+    write_json(out, results, indent=2)
     print(f"wrote {out}")
 
 

@@ -56,6 +56,7 @@ def main():
         t0 = time.perf_counter()
         for _ in range(args.frames // args.episode_len):
             store.append_episode(template)
+        store.finish()
         write_s = time.perf_counter() - t0
         size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
         t0 = time.perf_counter()

@@ -68,10 +68,24 @@ def _call(fn, args, step: str) -> int:
     except ClassRosError as err:
         print(f"class-ros {step}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # permission, not-a-directory, disk full...: the path and the reason, no traceback
+        print(f"class-ros {step}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"class-ros {step}: error: out of memory; use smaller settings (image size, batch size) or a "
+              "machine with more memory.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"class-ros {step}: interrupted; completed outputs are kept, partial ones were discarded.",
               file=sys.stderr)
         return INTERRUPTED
+
+
+def describe_os_error(err: OSError) -> str:
+    """One sentence for an OSError: what failed on which path, and why."""
+    paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
+    reason = err.strerror or str(err)
+    return f"{paths}: {reason}; check the path and its permissions or free space." if paths else f"{reason}."
 
 
 def entry(argv: list[str] | None = None) -> None:

@@ -26,8 +26,14 @@ def make_latent_dataset(path: str | os.PathLike, n_episodes: int = 20, length: i
                              "obs/state": KeySchema("float32", (2,), "low_dim"),
                              "action": KeySchema("float32", (2,), "low_dim")},
                        joint_names=["x", "y"], source="synthetic")
-    store = EpisodeStore.create(path, meta, overwrite=True)
     half = max(2, size // 10)
+    with EpisodeStore.build(path, overwrite=True, lineage={"synthetic": {"n_episodes": n_episodes, "seed": seed}}) as b:
+        store = b.create(meta)
+        _write_episodes(store, rng, n_episodes, length, size, half, speed)
+    return EpisodeStore.open(path)
+
+
+def _write_episodes(store, rng, n_episodes: int, length: int, size: int, half: int, speed: float) -> None:
     for _ in range(n_episodes):
         pos = rng.uniform(0.1, 0.6, size=2)
         background = rng.integers(0, 256, size=3)
@@ -51,4 +57,3 @@ def make_latent_dataset(path: str | os.PathLike, n_episodes: int = 20, length: i
             images[t] = np.clip(img, 0, 255).astype(np.uint8)
         store.append_episode({"obs/cam": images, "obs/state": states[:-1].astype(np.float32),
                               "action": states[1:].astype(np.float32)})
-    return store

@@ -21,6 +21,30 @@ JS = "sensor_msgs/msg/JointState"
 F64 = "std_msgs/msg/Float64MultiArray"
 
 
+def _camera_bag(path, frame: np.ndarray, encoding: str):
+    """Five frames at 10 Hz of a constant image on /cam, with joint states and commands."""
+    msgs = [("/joint_states", JS, T0 + k * 100 * MS, joint_state(T0 + k * 100 * MS, ["a", "b", "c"], [0, 0, 0]))
+            for k in range(5)]
+    msgs += [("/cmd", F64, T0 + k * 100 * MS, float_array([0, 0])) for k in range(5)]
+    msgs += [("/cam", "sensor_msgs/msg/Image", T0 + k * 100 * MS, image(T0 + k * 100 * MS, frame, encoding))
+             for k in range(5)]
+    return write_bag(path, msgs, "mcap")
+
+
+def test_crop_outside_the_image_and_huge_sizes_are_named_before_reading(tmp_path):
+    _camera_bag(tmp_path / "bag", np.zeros((8, 8, 3), np.uint8), "rgb8")
+    m = _mapping()
+    m["observations"]["cam"] = {"topic": "/cam", "image": {"size": [4, 4], "crop": [2, 2, 8, 8]}}
+    with pytest.raises(ClassRosError) as err:
+        convert_bags([tmp_path / "bag"], parse_mapping(m), tmp_path / "ds")
+    # the crop, not the frames, is at fault: said as such, with no pointer to a report that was never written
+    assert "crop box (top, left, height, width) = (2, 2, 8, 8) does not fit inside the 8x8 image" in str(err.value)
+    assert "corrupt" not in str(err.value) and "report" not in str(err.value)
+    m["observations"]["cam"]["image"] = {"size": [100000, 100000]}
+    with pytest.raises(ClassRosError, match=r"image.size: is \[100000, 100000\].*at most 2048"):
+        parse_mapping(m)
+
+
 def _mapping(**over) -> dict:
     m = {"rate_hz": 10, "reference": "/joint_states", "max_age_s": 0.2,
          "observations": {"joint_pos": {"topic": "/joint_states", "joints": ["a", "b", "c"], "max_age_s": 0.05}},
@@ -248,12 +272,7 @@ def test_marker_and_gap_splits(tmp_path):
 
 
 def test_unsupported_encoding_names_topic_and_encoding(tmp_path):
-    msgs = [("/joint_states", JS, T0 + k * 100 * MS, joint_state(T0 + k * 100 * MS, ["a", "b", "c"], [0, 0, 0]))
-            for k in range(5)]
-    msgs += [("/cmd", F64, T0 + k * 100 * MS, float_array([0, 0])) for k in range(5)]
-    msgs += [("/cam", "sensor_msgs/msg/Image", T0 + k * 100 * MS,
-              image(T0 + k * 100 * MS, np.zeros((4, 4, 1), np.uint8), "bayer_rggb8")) for k in range(5)]
-    write_bag(tmp_path / "bag", msgs, "mcap")
+    _camera_bag(tmp_path / "bag", np.zeros((4, 4, 1), np.uint8), "bayer_rggb8")
     m = _mapping()
     m["observations"]["cam"] = {"topic": "/cam", "image": {"size": [4, 4]}}
     m["observations"]["joint_pos"]["max_age_s"] = 0.2
@@ -307,7 +326,7 @@ def test_damaged_missing_and_empty_bags_are_skipped_with_reasons(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-def test_qos_disagreement_that_reads_empty_is_explained(tmp_path):
+def test_qos_disagreement_reads_with_the_storage_profiles_and_warns(tmp_path):
     bag = _simple_bag(tmp_path / "bag", "sqlite3")
     meta = yaml.safe_load((bag / "metadata.yaml").read_text())
     for t in meta["rosbag2_bagfile_information"]["topics_with_message_count"]:
@@ -318,8 +337,15 @@ def test_qos_disagreement_that_reads_empty_is_explained(tmp_path):
                 "deadline": zero, "lifespan": zero, "liveliness": "automatic", "liveliness_lease_duration": zero,
                 "avoid_ros_namespace_conventions": False}]
     (bag / "metadata.yaml").write_text(yaml.safe_dump(meta))
-    with pytest.raises(ClassRosError, match=r"lists 20 messages on /cmd but reading yields none.*QoS"):
-        convert_bags([bag], parse_mapping(_mapping(max_age_s=0.2)), tmp_path / "ds")
+    # `ros2 bag play` plays such a bag: so does convert, with the storage's profiles, and it says so.
+    report = convert_bags([bag], parse_mapping(_mapping(max_age_s=0.2)), tmp_path / "ds")
+    reference = convert_bags([_simple_bag(tmp_path / "same", "sqlite3")], parse_mapping(_mapping(max_age_s=0.2)),
+                             tmp_path / "ref")
+    assert report["frames"] == reference["frames"] == 20
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "ds").episode(0)["action"],
+                                  EpisodeStore.open(tmp_path / "ref").episode(0)["action"])
+    assert report["warnings"] == [f"{bag}: metadata.yaml and the storage file disagree about the QoS profiles of "
+                                  "/cmd; used the storage's"] and reference["warnings"] == []
 
 
 def test_custom_message_via_msg_dir(tmp_path):
@@ -391,38 +417,104 @@ def test_cli_overwrite_and_kill_keeps_complete_episodes(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_killed_conversion_leaves_last_complete_episode(tmp_path):
+def _partial_episodes(out: Path) -> int:
+    """Episodes committed so far in the hidden folder a running convert writes (read without opening it)."""
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            return json.loads((p / "zarr.json").read_text())["attributes"]["class_ros"]["n_episodes"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return 0
+
+
+def test_kill_9_mid_convert_leaves_no_dataset_and_keeps_the_old_one(tmp_path, capsys):
     import os
     import signal
     import subprocess
     import sys
     import time
+
+    from class_ros.cli import main
     bags = tmp_path / "bags"
     _simple_bag(bags / "bag00", "sqlite3", n=30)
     for i in range(1, 40):  # copies: writing 40 bags would dominate the test
         shutil.copytree(bags / "bag00", bags / f"bag{i:02d}")
     mapping = tmp_path / "m.yaml"
     mapping.write_text(yaml.safe_dump(_mapping(max_age_s=0.2)))
+    out, fresh = tmp_path / "ds", tmp_path / "fresh"
+    convert_bags([bags / "bag00"], mapping, out)  # the dataset an --overwrite run would replace
+    for target, extra in ((out, ["--overwrite"]), (fresh, [])):
+        proc = subprocess.Popen([sys.executable, "-m", "class_ros.cli", "convert", "--bags", str(bags),
+                                 "--mapping", str(mapping), "--out", str(target), *extra],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and _partial_episodes(target) < 3:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert 3 <= _partial_episodes(target) < 40, "killed while writing"
+    # The killed --overwrite left the old dataset whole; the killed fresh one left nothing a reader accepts.
+    old = EpisodeStore.open(out)
+    assert old.n_episodes == 1
+    old.validate()
+    assert not fresh.exists()
+    with pytest.raises(ClassRosError, match="not a dataset store"):
+        EpisodeStore.open(fresh)
+    capsys.readouterr()
+    assert main(["dtw", "--dataset", str(fresh), "--out", str(tmp_path / "p.npz")]) == 1
+    assert "not a dataset store" in capsys.readouterr().err
+    # The next run removes what the killed one left (its process is gone) and completes.
+    report = convert_bags([bags], mapping, fresh)
+    assert report["n_episodes"] == 40 == EpisodeStore.open(fresh).n_episodes
+    convert_bags([bags], mapping, out, overwrite=True)
+    assert EpisodeStore.open(out).episode_ends.tolist() == [30 * (i + 1) for i in range(40)]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_overwrite_replaces_only_a_dataset_and_only_once_the_new_one_is_whole(tmp_path, capsys):
+    from class_ros.cli import main
+    good = _simple_bag(tmp_path / "bags" / "a_good", "mcap", n=12)
+    nan_bag = tmp_path / "bags" / "b_nan"
+    msgs = []
+    for k in range(12):
+        t = T0 + k * 100 * MS
+        msgs.append(("/joint_states", JS, t, joint_state(t, ["c", "b", "a"], [k, k, k])))
+        msgs.append(("/cmd", F64, t, float_array([float("nan") if k in (3, 4) else k, 2 * k])))
+    write_bag(nan_bag, msgs, "mcap")
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(yaml.safe_dump(_mapping(max_age_s=0.2)))
+    # 1. --overwrite never deletes a folder that is not a class_ros dataset
+    user = tmp_path / "u"
+    (user / "sub").mkdir(parents=True)
+    (user / "thesis.tex").write_text("x")
+    assert main(["convert", "--bags", str(good), "--mapping", str(mapping), "--out", str(user), "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "not a class_ros output" in err and len(err.strip().splitlines()) == 1
+    assert (user / "thesis.tex").read_text() == "x" and (user / "sub").is_dir()
+    # 2. a bag with NaN is skipped, named, with its count per key; the rest converts
     out = tmp_path / "ds"
-    proc = subprocess.Popen([sys.executable, "-m", "class_ros.cli", "convert", "--bags", str(bags), "--mapping",
-                             str(mapping), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if EpisodeStore.open(out).n_episodes >= 3:
-                break
-        except ClassRosError:
-            pass
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    store = EpisodeStore.open(out, "a")  # trims anything past the last committed episode
-    assert 3 <= store.n_episodes < 40
-    store.validate()
-    assert store.episode_ends.tolist() == [30 * (i + 1) for i in range(store.n_episodes)]
-    last = store.episode(store.n_episodes - 1)
-    np.testing.assert_array_equal(last["action"][:, 1], 2 * np.arange(30))
-    shutil.rmtree(out)
+    report = convert_bags([tmp_path / "bags"], mapping, out)
+    assert [Path(r["bag"]).name for r in report["episodes"]] == ["a_good"]
+    (skipped,) = report["skipped"]
+    assert Path(skipped["bag"]).name == "b_nan" and skipped["nonfinite"] == {"action": 2}
+    assert "NaN or infinite values (action 2)" in skipped["reason"]
+    # 3. a failing --overwrite (--strict on the NaN bag) keeps the old dataset and says so
+    before = EpisodeStore.open(out).fingerprint()
+    with pytest.raises(ClassRosError, match=r"b_nan: it holds NaN.*nothing was written \(the dataset already at"):
+        convert_bags([tmp_path / "bags"], mapping, out, strict=True, overwrite=True)
+    assert EpisodeStore.open(out).fingerprint() == before
+    # 4. the NaN in the only bag: nothing converted, nothing left that would block a re-run
+    with pytest.raises(ClassRosError, match="nothing converted.*b_nan: it holds NaN"):
+        convert_bags([nan_bag], mapping, tmp_path / "only_nan")
+    assert not (tmp_path / "only_nan").exists()
+    # 5. --out naming a file, an unwritable place: one line, before any bag is read
+    (tmp_path / "file").write_text("")
+    for bad, says in ((tmp_path / "file", "is a file"), (Path("/sys/ds"), "cannot write in /sys")):
+        capsys.readouterr()
+        assert main(["convert", "--bags", str(good), "--mapping", str(mapping), "--out", str(bad),
+                     "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
 
 
 def test_lone_mcap_files_and_folders_of_them(tmp_path):
@@ -482,3 +574,21 @@ def test_real_arm_example_mapping_converts_a_matching_bag(tmp_path):
     assert np.abs(ep["obs/wrist"].astype(int) - 90).max() <= 2
     np.testing.assert_array_equal(ep["obs/joint_pos"][0], np.arange(7))
     np.testing.assert_array_equal(ep["action"][0], 10 + np.arange(7))
+
+
+def test_unparsable_embedded_definition_is_named_and_msg_dir_overrides_it(tmp_path):
+    msgs = []
+    for k in range(10):
+        t = T0 + k * 100 * MS
+        msgs.append(("/joint_states", JS, t, joint_state(t, ["a", "b", "c"], [k, k, k])))
+        msgs.append(("/cmd", F64, t, float_array([k, 2 * k])))
+    bag = write_bag(tmp_path / "bag", msgs, "mcap", msgdefs={F64: "std_msgs/MultiArrayLayout layout\nfloat64[ data\n"})
+    m = parse_mapping(_mapping(max_age_s=0.2))
+    with pytest.raises(ClassRosError, match="the message definition of std_msgs/msg/Float64MultiArray embedded in "
+                                            "the bag for topic /cmd cannot be parsed.*--msg-dir"):
+        convert_bags([bag], m, tmp_path / "ds")
+    (tmp_path / "msgs" / "std_msgs" / "msg").mkdir(parents=True)
+    (tmp_path / "msgs" / "std_msgs" / "msg" / "Float64MultiArray.msg").write_text(
+        "std_msgs/MultiArrayLayout layout\nfloat64[] data\n")
+    convert_bags([bag], m, tmp_path / "ds", msg_dir=tmp_path / "msgs")
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "ds").episode(0)["action"][:, 1], 2 * np.arange(10))

@@ -11,7 +11,8 @@ from class_ros.sim import robot
 from class_ros.sim.env import ArmEnv
 from class_ros.sim.expert import ExpertPolicy
 from class_ros.sim.stats import wilson_interval
-from training.evaluate import evaluate_policy, summary_line, write_json
+from class_ros.data.outputs import write_json
+from training.evaluate import evaluate_policy, summary_line
 
 
 class RandomPolicy:

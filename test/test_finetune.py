@@ -191,3 +191,23 @@ def test_cli_reports_one_line_errors(world, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "not a class_ros run directory" in err
     assert not (tmp_path / "dp").exists()
+
+
+def test_an_edited_or_unfinished_init_run_is_refused_before_writing(world, tmp_path):
+    import shutil
+
+    from class_ros.data.rundir import RunDir
+    from training.finetune import finetune
+
+    init = tmp_path / "class"
+    shutil.copytree(world / "class", init)
+    cfg = init / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("feature_dim: 16", "feature_dim: 64"))  # hand-edited
+    with pytest.raises(ClassRosError, match="config.yaml does not match its recorded checksum"):
+        finetune(world / "data", init, tmp_path / "dp", tiny_config(), progress=False)
+    shutil.copy(world / "class" / "config.yaml", cfg)
+    run = RunDir.open(init)
+    run.update_meta(complete=False)  # as a killed pretrain leaves it
+    with pytest.raises(ClassRosError, match=r"unfinished run \(stopped at step \d+"):
+        finetune(world / "data", init, tmp_path / "dp", tiny_config(), progress=False)
+    assert not (tmp_path / "dp").exists()

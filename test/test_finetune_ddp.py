@@ -29,7 +29,7 @@ def test_two_process_ddp_run(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("finetune: wrote run") == 1  # only rank 0 reports and writes
-    meta = json.loads((tmp_path / "dp" / "meta.json").read_text())
+    meta = json.loads((tmp_path / "dp" / "manifest.json").read_text())
     assert meta["extra"]["world_size"] == 2
     summary = meta["finetune_summary"]
     assert summary["world_size"] == 2 and summary["steps_this_call"] == 3 and np.isfinite(summary["loss_last"])

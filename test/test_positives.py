@@ -178,6 +178,7 @@ def make_store(path, n_episodes=6, length=40, rot6d=False, seed=0):
         t = np.linspace(0, 1, length)[:, None]
         act = (np.sin(rng.uniform(0, 6, len(names)) + 3 * t) * rng.uniform(1, 5, len(names))).astype(np.float32)
         store.append_episode({"obs/joint_pos": np.zeros((length, 2), np.float32), "action": act})
+    store.finish()
     return store
 
 
@@ -219,3 +220,27 @@ def test_compute_positives_and_cli(tmp_path, capsys):
     assert not (tmp_path / "x.npz").exists()
     assert main(["dtw", "--dataset", str(tmp_path / "ds"), "--quantile", "2", "--out", str(tmp_path / "x.npz")]) == 1
     assert "quantile" in capsys.readouterr().err
+
+
+def test_positives_are_tied_to_their_dataset_and_bad_out_fails_first(tmp_path, capsys):
+    from class_ros.cli import main
+    from training.dtw import compute_positives
+    from training.pretrain import open_positives
+    store = make_store(tmp_path / "ds")
+    other = make_store(tmp_path / "other", seed=1)  # the same frame count, other actions
+    assert other.n_frames == store.n_frames and other.fingerprint() != store.fingerprint()
+    out = tmp_path / "positives.npz"
+    compute_positives(tmp_path / "ds", out, horizon=8, quantile=0.02, verbose=False)
+    assert open_positives(out, store, 8).n == store.n_frames
+    with pytest.raises(ClassRosError, match=f"computed from dataset {store.fingerprint()}, not from this dataset"):
+        open_positives(out, other, 8)
+    # --out naming a folder, or a folder that cannot be written: one line, before any DTW is computed
+    (tmp_path / "adir").mkdir()
+    capsys.readouterr()
+    assert main(["dtw", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "adir")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is a folder" in err and "dtw:" not in capsys.readouterr().out
+    # /sys refuses new files even to root (whom permission bits do not stop)
+    assert main(["dtw", "--dataset", str(tmp_path / "ds"), "--out", "/sys/positives.npz"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot write in /sys (Permission denied)" in err

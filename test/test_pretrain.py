@@ -200,12 +200,12 @@ def test_positives_file_from_the_similarity_step(tmp_path):
 
     store, dense = synthetic(tmp_path, n_episodes=4, length=10)
     other, _ = synthetic(tmp_path / "other", n_episodes=3, length=10)
-    dtw_positives(normalized_chunks(store, HORIZON)).save(tmp_path / "pos.npz")
-    dtw_positives(normalized_chunks(other, HORIZON)).save(tmp_path / "other.npz")
+    dtw_positives(normalized_chunks(store, HORIZON)).save(tmp_path / "pos.npz", store.fingerprint())
+    dtw_positives(normalized_chunks(other, HORIZON)).save(tmp_path / "other.npz", other.fingerprint())
     cfg = tiny_config(steps=2, batch_size=8)
     summary = pretrain(tmp_path / "data", tmp_path / "pos.npz", tmp_path / "run", cfg, progress=False)
     assert summary["steps"] == 2 and np.isfinite(summary["loss_last"])
-    with pytest.raises(ClassRosError, match="30 samples"):
+    with pytest.raises(ClassRosError, match=f"computed from dataset {other.fingerprint()}, not from this dataset"):
         pretrain(tmp_path / "data", tmp_path / "other.npz", tmp_path / "run2", cfg, progress=False)
     with pytest.raises(ClassRosError, match="do not exist"):
         pretrain(tmp_path / "data", tmp_path / "none.npz", tmp_path / "run2", cfg, progress=False)
@@ -230,3 +230,62 @@ def test_positive_pair_batches_pair_each_anchor_with_one_of_its_positives():
             seen.add((int(a), int(b)))
     assert {(0, 1), (0, 3), (3, 0), (3, 2), (2, 0)} <= seen  # every positive gets drawn
     assert sample_batch(rng, 4, 8).shape == (8,)  # no positives: uniform
+
+
+@pytest.mark.slow  # ~25 s idle (a torch process start, then a few steps); more on a loaded machine
+def test_kill_9_mid_pretrain_is_refused_by_index_and_resumed(tmp_path, capsys):
+    """A real `class-ros pretrain` process killed with SIGKILL while it trains: index refuses the run (or uses its
+    last checkpoint with --allow-partial, saying which step), and --resume continues from that checkpoint."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from class_ros.cli import main
+    from class_ros.data.rundir import RunDir, config_to_dict
+    from latent_dataset import make_latent_dataset
+    from training.dtw import compute_positives
+    from training.pretrain import pretrain
+
+    make_latent_dataset(tmp_path / "data", n_episodes=4, length=10, size=16)
+    compute_positives(tmp_path / "data", tmp_path / "pos.npz", horizon=HORIZON, quantile=0.05, verbose=False)
+    total = 10 ** 6  # it cannot finish before the kill, however loaded the machine: no race
+    cfg = tiny_config(steps=total, batch_size=8, save_every=2)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    run = tmp_path / "run"
+    args = ["pretrain", "--dataset", str(tmp_path / "data"), "--positives", str(tmp_path / "pos.npz"),
+            "--out", str(run), "--config", str(tmp_path / "cfg.yaml"), "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "class_ros.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def step() -> int:
+        try:
+            return json.loads((run / "manifest.json").read_text()).get("step") or 0
+        except (OSError, ValueError):
+            return 0
+
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and step() < 6:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = RunDir.open(run)
+    assert killed.meta["complete"] is False and 6 <= killed.step < total
+    at = killed.step
+    capsys.readouterr()
+    for argv in (["index", "--run", str(run), "--dataset", str(tmp_path / "data")],
+                 ["evaluate", "--run", str(run), "--episodes", "1"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"unfinished run (stopped at step {at} of {total})" in err and "--resume" in err
+        assert len(err.strip().splitlines()) == 1
+    assert main(["index", "--run", str(run), "--dataset", str(tmp_path / "data"), "--allow-partial"]) == 0
+    assert f"using its checkpoint of step {at} of {total}" in capsys.readouterr().out
+    # --resume continues from the checkpoint the kill left (two more steps here: the API's stop_after)
+    summary = pretrain(tmp_path / "data", tmp_path / "pos.npz", run, cfg, resume=True, progress=False,
+                       device="cpu", stop_after=2)
+    assert summary["steps_this_call"] == 2 and RunDir.open(run).train_state_values()["step"] == at + 2

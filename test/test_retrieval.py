@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from class_ros.errors import ClassRosError
-from test_pretrain import HORIZON, synthetic, tiny_config
+from test_pretrain import HORIZON, positives_of, synthetic, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_missing_or_damaged_index_is_refused(tmp_path, run):
 
     from class_ros.policy.retrieval import RetrievalPolicy
 
-    _, path = run
+    store, path = run
     copy = tmp_path / "copy"
     shutil.copytree(path, copy)
     data = (copy / "index" / "data.npz").read_bytes()
@@ -159,6 +159,12 @@ def test_missing_or_damaged_index_is_refused(tmp_path, run):
     run.save_weights("encoder", weights)  # as if training went on after the index was built
     with pytest.raises(ClassRosError, match="other encoder weights"):
         RetrievalPolicy.load(copy)
+    # an index copied into another run (same dataset, its own training) is refused too
+    from training.pretrain import pretrain
+    pretrain(store.path, positives_of(store), tmp_path / "other", tiny_config(steps=1, batch_size=8), progress=False)
+    shutil.copytree(path / "index", tmp_path / "other" / "index")
+    with pytest.raises(ClassRosError, match="index was built from another run"):
+        RetrievalPolicy.load(tmp_path / "other")
     shutil.rmtree(copy / "index")
     with pytest.raises(ClassRosError, match="no retrieval index"):
         RetrievalPolicy.load(copy)

@@ -135,3 +135,23 @@ def test_cli(tmp_path, capsys):
     assert main(["import-robomimic", str(src), "--out", str(tmp_path / "ds")]) == 1
     err = capsys.readouterr().err
     assert "--overwrite" in err and "Traceback" not in err
+
+
+def test_overwrite_replaces_only_a_dataset_and_keeps_it_when_the_import_fails(tmp_path):
+    src = _write(tmp_path / "lift.hdf5")
+    import_robomimic(src, tmp_path / "ds", filter_key="valid")
+    before = EpisodeStore.open(tmp_path / "ds").fingerprint()
+
+    def nan(f):
+        f["data/demo_10/actions"][2, 1] = np.nan
+
+    with pytest.raises(ClassRosError, match="non-finite"):
+        import_robomimic(_write(tmp_path / "nan.hdf5", extra=nan), tmp_path / "ds", overwrite=True)
+    assert EpisodeStore.open(tmp_path / "ds").fingerprint() == before  # the old dataset is still there, whole
+    import_robomimic(src, tmp_path / "ds", overwrite=True)
+    assert EpisodeStore.open(tmp_path / "ds").n_episodes == len(LENGTHS)
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "thesis.tex").write_text("x")
+    with pytest.raises(ClassRosError, match="not a class_ros output"):
+        import_robomimic(src, tmp_path / "u", overwrite=True)
+    assert (tmp_path / "u" / "thesis.tex").read_text() == "x"

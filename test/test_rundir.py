@@ -24,8 +24,8 @@ def make_run(tmp_path, store, config=None):
 
 def test_meta_records_the_dataset(tmp_path, store):
     run = make_run(tmp_path, store)
-    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
-    assert meta["format_version"] == 1 and meta["kind"] == "encoder"
+    meta = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert meta["format_version"] == 2 and meta["kind"] == "encoder" and meta["complete"] is False
     assert meta["dataset_fingerprint"] == store.fingerprint()
     assert (meta["action_names"], meta["action_kind"], meta["joint_names"], meta["control_rate_hz"]) == \
         (["x", "y"], "other", ["x", "y"], 10.0)
@@ -72,6 +72,7 @@ def test_normalizers_and_train_state_round_trip(tmp_path, store):
     run.save_train_state(3, optimizer=opt, scheduler=sched, ema=ema, seed=5)
     model2, opt2, sched2, ema2 = trainer()
     assert RunDir.open(tmp_path / "run").load_train_state(optimizer=opt2, scheduler=sched2, ema=ema2) == 3
+    assert [p.name for p in (run.path / "train_state").iterdir()] == ["state-000000003.safetensors"]
     assert run.train_state_values() == {"seed": 5, "step": 3}
     assert sched2.get_last_lr() == sched.get_last_lr() and ema2.optimization_step == ema.optimization_step
     for a, b in zip(ema.shadow_params, ema2.shadow_params):
@@ -105,8 +106,8 @@ def test_damaged_files_are_refused(tmp_path, store):
     path.unlink()
     with pytest.raises(ClassRosError, match="missing"):
         RunDir.open(run.path).load_weights("encoder")
-    meta = (run.path / "meta.json").read_text()
-    (run.path / "meta.json").write_text(meta[: len(meta) // 2])
+    meta = (run.path / "manifest.json").read_text()
+    (run.path / "manifest.json").write_text(meta[: len(meta) // 2])
     with pytest.raises(ClassRosError, match="truncated"):
         RunDir.open(run.path)
 
@@ -123,12 +124,53 @@ def test_mismatches_are_refused(tmp_path, store):
     RunDir.open(tmp_path / "run", config={"lr": 0.001, "encoder": {"backbone": "small"}})  # same config is fine
     with pytest.raises(ClassRosError, match="'diffusion' run is needed"):
         RunDir.open(tmp_path / "run", kind="diffusion")
-    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    meta = json.loads((tmp_path / "run" / "manifest.json").read_text())
     meta["format_version"] = 99
-    (tmp_path / "run" / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(meta))
     with pytest.raises(ClassRosError, match="format version 99"):
         RunDir.open(tmp_path / "run")
+    meta["format_version"] = 2
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(meta))
+    RunDir.open(tmp_path / "run").save_train_state(1, seed=0)  # a checkpoint: now there is work to keep
     with pytest.raises(ClassRosError, match="already exists"):
         make_run(tmp_path, store)
     with pytest.raises(ClassRosError, match="not a class_ros run"):
         RunDir.open(tmp_path / "nothing")
+
+
+def test_unfinished_run_is_refused_unless_partial_use_is_asked_for(tmp_path, store):
+    run = make_run(tmp_path, store)
+    with pytest.raises(ClassRosError, match="has not saved its first checkpoint"):
+        run.check_finished(allow_partial=True)
+    run.update_meta(extra={"steps": 10})
+    run.save_train_state(4, seed=0)
+    with pytest.raises(ClassRosError, match=r"unfinished run \(stopped at step 4 of 10\).*--resume.*--allow-partial"):
+        RunDir.open(run.path).check_finished()
+    assert "step 4 of 10" in RunDir.open(run.path).check_finished(allow_partial=True)
+    run.finish(10)
+    assert RunDir.open(run.path).check_finished() is None
+
+
+def test_edited_config_is_refused_by_its_checksum(tmp_path, store):
+    run = make_run(tmp_path, store)
+    path = run.path / "config.yaml"
+    path.write_text(path.read_text().replace("0.001", "0.002"))
+    with pytest.raises(ClassRosError, match="config.yaml does not match its recorded checksum"):
+        RunDir.open(run.path).load_config()
+
+
+def test_a_kill_between_train_state_and_manifest_keeps_the_committed_state(tmp_path, store):
+    """The state file is written under a new name before the manifest names it: the old pair stays usable."""
+    run = make_run(tmp_path, store)
+    run.save_train_state(3, seed=3, w=torch.full((4,), 3.0))
+    committed = (run.path / "manifest.json").read_bytes()
+    old = run.path / "train_state" / "state-000000003.safetensors"
+    old_bytes = old.read_bytes()
+    run.save_train_state(6, seed=6, w=torch.full((4,), 6.0))
+    # What a kill right after the step-6 file was written, before the manifest named it, leaves behind:
+    (run.path / "manifest.json").write_bytes(committed)
+    old.write_bytes(old_bytes)
+    back = RunDir.open(run.path)
+    assert back.train_state_values() == {"seed": 3, "step": 3}  # step and values of one save, never mixed
+    back.save_train_state(4, seed=4)
+    assert sorted(p.name for p in (run.path / "train_state").iterdir()) == ["state-000000004.safetensors"]

@@ -45,6 +45,7 @@ def test_sampler_values_and_all_chunks(tmp_path):
                           "action": np.arange(4, dtype=np.float32)[:, None]})
     store.append_episode({"obs/q": np.arange(6, dtype=np.float32)[:, None] + 200,
                           "action": np.arange(6, dtype=np.float32)[:, None] + 10})
+    store.finish()
     sampler = WindowSampler(EpisodeStore.open(tmp_path / "ds"), obs_horizon=2, pred_horizon=3)
     batch = sampler.sample(np.array([0, 3, 4, 9]))
     np.testing.assert_array_equal(batch["obs/q"][..., 0], [[100, 100], [102, 103], [200, 200], [204, 205]])

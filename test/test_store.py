@@ -38,6 +38,7 @@ def test_round_trip(tmp_path):
     episodes = [make_episode(e, n) for e, n in enumerate([5, 1, 9])]
     for ep in episodes:
         store.append_episode(ep)
+    store.finish()
     store = EpisodeStore.open(tmp_path / "ds")
     assert store.n_episodes == 3 and store.n_frames == 15
     np.testing.assert_array_equal(store.episode_ends, [5, 6, 15])
@@ -57,6 +58,7 @@ def test_round_trip(tmp_path):
 def test_reopen_append_and_fingerprint(tmp_path):
     store = EpisodeStore.create(tmp_path / "ds", make_meta())
     store.append_episode(make_episode(0, 4))
+    store.finish()
     fp1 = EpisodeStore.open(tmp_path / "ds").fingerprint()
     store = EpisodeStore.open(tmp_path / "ds", "a")
     store.append_episode(make_episode(1, 3))
@@ -85,6 +87,7 @@ def test_append_rejects_bad_episodes_without_writing(tmp_path):
     wrong["obs/q"] = np.zeros((4, 5), np.float32)
     with pytest.raises(ClassRosError, match="shape"):
         store.append_episode(wrong)
+    store.finish()
     reopened = EpisodeStore.open(tmp_path / "ds")
     assert reopened.n_episodes == 1 and reopened.n_frames == 4
     reopened.validate()
@@ -104,6 +107,7 @@ def test_killed_append_leaves_previous_episode_count(tmp_path):
     store = EpisodeStore.create(path, make_meta())
     for e in range(2):
         store.append_episode(make_episode(e, 6))
+    store.finish()
     before = {k: np.asarray(v) for k, v in EpisodeStore.open(path).load().episode(1).items()}
     ctx = mp.get_context("spawn")
     started = ctx.Event()
@@ -133,7 +137,9 @@ def test_killed_append_leaves_previous_episode_count(tmp_path):
 
 def test_corrupted_metadata_is_one_clear_error(tmp_path):
     path = tmp_path / "ds"
-    EpisodeStore.create(path, make_meta()).append_episode(make_episode(0, 3))
+    store = EpisodeStore.create(path, make_meta())
+    store.append_episode(make_episode(0, 3))
+    store.finish()
     root = json.loads((path / "zarr.json").read_text())
     root["attributes"]["class_ros"]["meta"]["format_version"] = 99
     (path / "zarr.json").write_text(json.dumps(root))
@@ -151,6 +157,7 @@ def test_validate_names_key_and_episode(tmp_path):
     store = EpisodeStore.create(path, make_meta())
     for e in range(3):
         store.append_episode(make_episode(e, 4))
+    store.finish()
     # damage the stored data behind the store's back: a NaN in episode 2, then broken episode_ends
     import zarr
     zarr.open_array(str(path / "obs" / "q"), mode="r+")[9, 0] = np.nan
@@ -175,3 +182,42 @@ def test_create_refuses_existing_and_schema_mismatch(tmp_path):
         DatasetMeta(control_rate_hz=10, action_names=["a"], action_kind="teleport")
     with pytest.raises(ClassRosError, match="image keys must be uint8"):
         KeySchema("float32", (4, 4, 3), "image")
+
+
+def test_build_is_whole_or_absent_and_overwrite_only_replaces_a_dataset(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(RuntimeError, match="boom"):
+        with EpisodeStore.build(out) as b:
+            b.create(make_meta()).append_episode(make_episode(0, 3))
+            raise RuntimeError("boom")
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing at out, no hidden leftovers
+    with EpisodeStore.build(out, lineage={"source": "test"}) as b:
+        b.create(make_meta()).append_episode(make_episode(0, 3))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "dataset" and manifest["complete"] is True and manifest["n_frames"] == 3
+    assert manifest["lineage"] == {"source": "test"} and manifest["fingerprint"] == EpisodeStore.open(out).fingerprint()
+    with pytest.raises(ClassRosError, match="already exists.*--overwrite"):
+        with EpisodeStore.build(out):
+            pass
+    # a failing overwrite keeps the old dataset whole
+    with pytest.raises(ClassRosError, match="non-finite"):
+        with EpisodeStore.build(out, overwrite=True) as b:
+            bad = make_episode(1, 4)
+            bad["action"][1, 0] = np.inf
+            b.create(make_meta()).append_episode(bad)
+    assert EpisodeStore.open(out).n_frames == 3
+    with EpisodeStore.build(out, overwrite=True) as b:
+        b.create(make_meta()).append_episode(make_episode(1, 5))
+    assert EpisodeStore.open(out).n_frames == 5
+    # a folder that is not a class_ros dataset is never replaced
+    thesis = tmp_path / "u" / "thesis.tex"
+    thesis.parent.mkdir()
+    thesis.write_text("x")
+    with pytest.raises(ClassRosError, match="not a class_ros output"):
+        with EpisodeStore.build(thesis.parent, overwrite=True):
+            pass
+    assert thesis.read_text() == "x"
+    # a store without its manifest (never finished) is refused by readers
+    EpisodeStore.create(tmp_path / "raw", make_meta()).append_episode(make_episode(0, 2))
+    with pytest.raises(ClassRosError, match="not a complete class_ros dataset"):
+        EpisodeStore.open(tmp_path / "raw")

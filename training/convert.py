@@ -4,25 +4,28 @@ Usage:
     class-ros convert --bags recordings/ --mapping config/mappings/sim.yaml --out data/sim
     class-ros convert --bags a_bag/ b.mcap --mapping my_arm.yaml --out data/arm --msg-dir my_msgs/ --strict
 
-Each bag becomes one episode (or several, with `episodes:` splits in the mapping), appended atomically,
-so a conversion killed midway leaves the dataset at its last complete episode. Bags that cannot be used
-(damaged, no metadata.yaml, a mapped topic missing or reading empty) are reported in one line and
-skipped; the command fails only when nothing converted, or on the first skipped bag with --strict
-(which then removes the dataset it started).
+Each bag becomes one episode (or several, with `episodes:` splits in the mapping). The dataset is written in a
+hidden folder beside --out and moved into place, with its manifest, only when complete: a conversion that
+fails or is killed leaves nothing at --out (and --overwrite keeps the old dataset until the new one is whole;
+it only ever replaces a class_ros dataset). Bags that cannot be used (damaged, no metadata.yaml, a mapped topic
+missing or reading empty, NaN/inf values, a crop outside the image) are reported in one line and skipped; the
+command fails only when nothing converted, or on the first skipped bag with --strict. A metadata.yaml whose
+QoS profiles disagree with the storage's is read with the storage's, and the report's warnings say so.
 
 The report (per episode: frames kept, dropped by reason, median/max sample age per key, duration; skipped
-bags with their reason) is printed and written as plain JSON inside the dataset folder,
+bags with their reason and NaN/inf counts per key; warnings) is printed and written as plain JSON inside the
+dataset folder,
 `DATASET/convert_report.json` (zarr ignores files that are not its own).
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from class_ros.data import outputs
 from class_ros.errors import ClassRosError
 
 REPORT_NAME = "convert_report.json"
@@ -44,18 +47,6 @@ def run(args) -> int:
     return 0
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON through a temp file in the same folder and os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _count_messages(bags, mapping) -> int:
     from class_ros.data.bags.reading import open_bag
 
@@ -75,7 +66,11 @@ def _count_messages(bags, mapping) -> int:
 
 
 def convert_bags(paths, mapping, out, msg_dir=None, strict=False, overwrite=False) -> dict:
-    """Convert rosbag2 recordings into the dataset store at `out`; returns the report dict."""
+    """Convert rosbag2 recordings into the dataset store at `out`; returns the report dict.
+
+    The dataset appears at `out` complete or not at all (EpisodeStore.build); a bag whose data cannot be used
+    is skipped with its reason in the report, or stops everything with `strict` (an old dataset stays).
+    """
     from tqdm import tqdm
 
     from class_ros.data.bags.episodes import convert_bag
@@ -89,26 +84,24 @@ def convert_bags(paths, mapping, out, msg_dir=None, strict=False, overwrite=Fals
     mapping = mapping if isinstance(mapping, Mapping) else load_mapping(mapping)
     extra_types = load_msg_dir(msg_dir)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ClassRosError(f"{out} already exists; choose another --out or pass --overwrite.")
     bags = find_bags(paths)
     if not bags:
         raise ClassRosError(f"no rosbag2 recordings (folders with metadata.yaml, or .mcap files) under "
                             f"{', '.join(map(str, paths))}.")
 
-    report = {"mapping": mapping.path, "out": str(out), "episodes": [], "skipped": [], "frames": 0,
+    report = {"mapping": mapping.path, "out": str(out), "episodes": [], "skipped": [], "warnings": [], "frames": 0,
               "messages": 0, "n_episodes": 0,
               "write_s": 0.0}  # time spent writing the store, to tell reading from writing in benchmarks
-    store: EpisodeStore | None = None
+    kept_note = " (the dataset already at --out is unchanged)" if out.exists() else ""
 
-    def skip(bag_path, reason: str) -> None:
-        report["skipped"].append({"bag": str(bag_path), "reason": reason})
+    def skip(bag_path, reason: str, **details) -> None:
+        report["skipped"].append({"bag": str(bag_path), "reason": reason, **details})
         if strict:
-            if store is not None:
-                shutil.rmtree(out, ignore_errors=True)  # a strict run that fails leaves nothing behind
-            raise ClassRosError(f"{bag_path}: {reason} (--strict stops here; nothing was kept).")
+            raise ClassRosError(f"{bag_path}: {reason} (--strict stops here; nothing was written{kept_note}).")
 
-    with tqdm(total=_count_messages(bags, mapping), unit="msg", desc="convert", leave=False) as bar:
+    lineage = {"mapping": str(mapping.path), "mapping_sha256": outputs.digest(mapping.to_dict()), "bags": []}
+    with EpisodeStore.build(out, overwrite=overwrite, lineage=lineage) as build, \
+            tqdm(total=_count_messages(bags, mapping), unit="msg", desc="convert", leave=False) as bar:
         for bag in bags:
             if bag.problem:
                 skip(bag.path, bag.problem)
@@ -119,10 +112,17 @@ def convert_bags(paths, mapping, out, msg_dir=None, strict=False, overwrite=Fals
                 skip(bag.path, str(err))
                 continue
             report["messages"] += result.messages
+            report["warnings"] += [f"{bag.path}: {w}" for w in result.warnings]
+            store = build.store
             if store is not None and (store.meta.action_names != result.action_names
                                       or store.meta.keys != result.schemas):
                 skip(bag.path, f"it yields keys {_shapes(result.schemas)} but earlier bags gave "
                                f"{_shapes(store.meta.keys)}")
+                continue
+            nonfinite = _nonfinite(result.episodes)
+            if nonfinite:  # checked for the whole bag first: a bag goes in whole or not at all
+                counts = ", ".join(f"{k} {n}" for k, n in nonfinite.items())
+                skip(bag.path, f"it holds NaN or infinite values ({counts})", nonfinite=nonfinite)
                 continue
             for rep, ep in _pair(result):
                 rep["bag"] = str(bag.path)
@@ -132,26 +132,49 @@ def convert_bags(paths, mapping, out, msg_dir=None, strict=False, overwrite=Fals
                                            action_kind=mapping.action_kind, keys=dict(result.schemas),
                                            source="rosbag2", joint_names=result.joint_names,
                                            extra={"mapping": mapping.to_dict(), "convert_report": REPORT_NAME})
-                        store = EpisodeStore.create(out, meta, overwrite=overwrite)
+                        store = build.create(meta)
                     t_write = time.perf_counter()
                     rep["episode"] = store.append_episode(ep)
                     report["write_s"] += time.perf_counter() - t_write
                     report["frames"] += rep["kept"]
                 report["episodes"].append(rep)
-            if store is not None:
-                report["n_episodes"] = store.n_episodes
-                write_json_atomic(out / REPORT_NAME, report)
             if not result.episodes:
-                skip(bag.path, "no frame survived synchronisation (see the dropped counts in the report); "
+                dropped = {}
+                for rep in result.reports:
+                    for why, n in rep["dropped"].items():
+                        dropped[why] = dropped.get(why, 0) + n
+                skip(bag.path, f"no frame survived synchronisation (dropped: "
+                               f"{', '.join(f'{k} {v}' for k, v in dropped.items()) or 'no frames on the grid'}); "
                                "check the topics' rates and max_age_s")
-
-    if store is None:
-        reasons = "; ".join(f"{Path(s['bag']).name}: {s['reason']}" for s in report["skipped"][:3])
-        raise ClassRosError(f"nothing converted from {len(bags)} bag(s) ({reasons}).")
-    write_json_atomic(out / REPORT_NAME, report)
+            else:
+                lineage["bags"].append(_bag_identity(bag.path))
+        if build.store is None:
+            reasons = "; ".join(f"{Path(s['bag']).name}: {s['reason']}" for s in report["skipped"][:3])
+            raise ClassRosError(f"nothing converted from {len(bags)} bag(s) ({reasons}).")
+        store = build.store
+        report["n_episodes"], n_frames = store.n_episodes, store.n_frames
+        outputs.write_json(build.path / REPORT_NAME, report)
     print(format_report(report))
-    print(f"wrote {store.n_episodes} episodes, {store.n_frames} frames to {out} (report: {out / REPORT_NAME})")
+    print(f"wrote {report['n_episodes']} episodes, {n_frames} frames to {out} (report: {out / REPORT_NAME})")
     return report
+
+
+def _nonfinite(episodes: list[dict]) -> dict[str, int]:
+    """{key: number of NaN/inf values} over the float keys of a bag's episodes; empty when all are finite."""
+    counts: dict[str, int] = {}
+    for ep in episodes:
+        for key, value in ep.items():
+            if value.dtype.kind == "f":
+                n = int(value.size - np.count_nonzero(np.isfinite(value)))
+                if n:
+                    counts[key] = counts.get(key, 0) + n
+    return counts
+
+
+def _bag_identity(path: Path) -> dict:
+    """What the manifest records of a source bag: its name and the sizes of its files (cheap, no hashing)."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return {"path": str(path), "bytes": {p.name: p.stat().st_size for p in files}}
 
 
 def _pair(result):
@@ -175,4 +198,6 @@ def format_report(report: dict) -> str:
                      f"max age: {ages}   {Path(rep['bag']).name}")
     for s in report["skipped"]:
         lines.append(f"skipped {s['bag']}: {s['reason']}")
+    for w in report.get("warnings", []):
+        lines.append(f"warning {w}")
     return "\n".join(lines)

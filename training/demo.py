@@ -32,8 +32,8 @@ from typing import Callable
 
 import numpy as np
 
+from class_ros.data import outputs
 from class_ros.errors import ClassRosError
-from training.report import save_json
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -188,7 +188,7 @@ def evaluate_cameras(d: Demo, make_policy: Callable, folder: str, video: bool = 
                               seed=eval_seed(d.cfg, camera), image_size=(d.cfg["sim_demos"]["image_size"],) * 2,
                               video_path=d.path(f"{folder}/{camera}.mp4") if video else None)
         results[camera] = _jsonable(res)
-        save_json(d.path(f"{folder}/{camera}.json"), results[camera])
+        outputs.write_json(d.path(f"{folder}/{camera}.json"), results[camera], indent=2, sort_keys=True)
     return results
 
 
@@ -205,7 +205,7 @@ def _closed_loop(d: Demo) -> dict:
     res = evaluate_through_ros(d.class_run, c["policy"], d.cfg["task"], c["camera"], c["episodes"],
                                eval_seed(d.cfg, c["camera"]), d.cfg["device"])
     res = _jsonable(res)
-    save_json(d.path("closed_loop.json"), res)
+    outputs.write_json(d.path("closed_loop.json"), res, indent=2, sort_keys=True)
     return res
 
 
@@ -279,7 +279,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fres
     ok = all(status[s.name] in (RAN, REUSED) for s in STAGES)
     result = {"ok": ok, "preset": preset, "out": str(out), "stages": table,
               "report": str(out / "report.md") if status.get("report") in (RAN, REUSED) else None}
-    save_json(out / "demo_summary.json", result)
+    outputs.write_json(out / "demo_summary.json", result, indent=2, sort_keys=True)
     print(format_table(table))
     if result["report"]:
         print(f"class-ros demo: report written to {result['report']}")
@@ -336,7 +336,8 @@ def run_stages(out: Path, cfg: dict, stages: list[Stage], fresh: bool = False,
                     continue
                 row["seconds"] = time.perf_counter() - t0
                 row["status"] = RAN
-                save_json(stamp_path, {"inputs": inputs_hash, "seconds": row["seconds"], "summary": summary})
+                outputs.write_json(stamp_path, {"inputs": inputs_hash, "seconds": row["seconds"], "summary": summary},
+                                   indent=2, sort_keys=True)
             status[stage.name] = row["status"]
             demo.summaries[stage.name] = summary
             hashes[stage.name] = inputs_hash

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
+from class_ros.data import outputs
 from class_ros.errors import ClassRosError
 
 MODES = ("exact", "onthefly")
@@ -57,7 +57,7 @@ def compute_positives(dataset, out, horizon: int = 16, quantile: float = 0.025, 
             raise ClassRosError(f"--device {device} was requested but torch sees no CUDA GPU; use --device cpu.")
     elif device != "cpu":
         raise ClassRosError(f"--device must be cpu or cuda[:n], got {device!r}.")
-    out = Path(out)
+    out = outputs.check_file_target(out)  # before the computation, not after it
     store = EpisodeStore.open(dataset)
     chunks = normalized_chunks(store, horizon)  # (N, H, D)
     N = len(chunks)
@@ -76,7 +76,7 @@ def compute_positives(dataset, out, horizon: int = 16, quantile: float = 0.025, 
     except ValueError as err:  # bad chunk values (NaN, inf) are a dataset problem the user must fix
         raise ClassRosError(f"{dataset}: {err}") from err
     seconds = time.perf_counter() - start
-    result.save(out)
+    result.save(out, dataset_fingerprint=store.fingerprint())
     summary = {"out": str(out), "mode": mode, "n_chunks": N, "horizon": int(horizon), "quantile": float(quantile),
                "threshold": float(threshold), "pairs": int(pairs), "passes": int(passes), "seconds": seconds,
                "device": str(device)}

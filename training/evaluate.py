@@ -19,12 +19,11 @@ policy_node -> arm_command_node (safety filter, ensembling) command it over DDS 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from class_ros.data import outputs
 from class_ros.errors import ClassRosError
 from class_ros.policy import POLICY_KINDS
 
@@ -46,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=int, default=2, metavar="N", help="episodes in the mp4 (default 2; 0: none)")
     parser.add_argument("--device", default="cpu", help="torch device of the policy (default cpu)")
     parser.add_argument("--image-size", type=int, default=96, help="camera image size in pixels (default 96)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="evaluate an unfinished run (training killed or stopped) with its last checkpoint")
     parser.add_argument("--ros", action="store_true",
                         help="run the episodes through the ROS 2 graph with sim_node (real nodes, real time)")
 
@@ -58,20 +59,26 @@ def run(args: argparse.Namespace) -> int:
         raise ClassRosError(f"run directory {run_dir} does not exist; pass the folder a training step wrote.")
     name = f"{args.policy}_{args.task}_{args.camera}{'_ros' if args.ros else ''}.json"
     out = Path(args.out) if args.out else run_dir / "eval" / name
+    outputs.check_file_target(out)  # before the episodes, not after them
     if args.ros:
         result = evaluate_through_ros(run_dir, args.policy, args.task, args.camera, args.episodes, args.seed,
                                       args.device)
-        write_json(out, result)
+        outputs.write_json(out, result, indent=2)
         print(f"evaluate: {args.policy} on {args.task}/{args.camera} through ROS: {summary_line(result)}, loop "
               f"latency p50 {result['latency_p50_ms']:.1f} ms / p99 {result['latency_p99_ms']:.1f} ms; wrote {out}")
         return 0
-    policy = load_policy(run_dir, kind=args.policy, device=args.device)
+    policy = load_policy(run_dir, kind=args.policy, device=args.device, allow_partial=args.allow_partial)
+    if args.allow_partial:
+        from class_ros.data.rundir import RunDir
+        note = RunDir.open(run_dir).check_finished(allow_partial=True)
+        if note:
+            print(f"evaluate: warning: {note}")
     video = out.with_suffix(".mp4") if args.video > 0 else None
     result = evaluate_policy(policy, task=args.task, camera=args.camera, episodes=args.episodes, seed=args.seed,
                              image_size=(args.image_size, args.image_size), video_path=video,
                              video_episodes=args.video)
     result.update(run=str(run_dir), policy=args.policy)
-    write_json(out, result)
+    outputs.write_json(out, result, indent=2)
     print(f"evaluate: {args.policy} on {args.task}/{args.camera}: {summary_line(result)}; wrote {out}"
           + (f" and {video}" if video else ""))
     return 0
@@ -178,25 +185,14 @@ def write_video(frames: list[np.ndarray], path, fps: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w, _ = frames[0].shape
     scale = max(1, int(np.ceil(VIDEO_MIN_SIDE / min(h, w))))
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")  # the suffix tells OpenCV the container
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w * scale, h * scale))
-    if not writer.isOpened():
-        raise ClassRosError(f"OpenCV cannot write an mp4 at {path}; check the folder is writable.")
-    try:
-        for f in frames:
-            big = cv2.resize(f, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
-            writer.write(cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path, data: dict) -> Path:
-    """Write `data` as JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    with outputs.replacing(path) as tmp:  # the temporary name keeps .mp4: it tells OpenCV the container
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w * scale, h * scale))
+        if not writer.isOpened():
+            raise ClassRosError(f"OpenCV cannot write an mp4 at {path}; check the folder is writable.")
+        try:
+            for f in frames:
+                big = cv2.resize(f, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+                writer.write(cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
     return path

@@ -152,6 +152,7 @@ def finetune(dataset, init, out, config=None, *, resume: bool = False, device: s
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
+    from class_ros.data.rundir import RunDir
     from class_ros.data.sampler import WindowSampler
     from class_ros.data.schema import ACTION, obs_key
     from class_ros.data.store import EpisodeStore
@@ -165,15 +166,18 @@ def finetune(dataset, init, out, config=None, *, resume: bool = False, device: s
 
     # Everything the user can get wrong is checked before the run directory is touched.
     cfg = FinetuneConfig.coerce(config)
+    if rank == 0 and not resume:
+        RunDir.check_target(out, "diffusion")  # an unusable --out fails now, not after minutes of loading
     store = EpisodeStore.open(dataset)
     if store.n_frames < 1:
         raise ClassRosError(f"{dataset} holds no frames; record or convert demonstrations first.")
     cfg, init_weights = resolve_config(cfg, store, init)
+    init_lineage = {} if init_weights is None else {"init": RunDir.open(cfg.init).reference()}
     steps, warmup = training_steps(cfg, store.n_frames, world)
     names = cfg.encoder.image_keys + cfg.encoder.proprio_keys
     preload_if_small(store, [obs_key(n) for n in names] + [ACTION])
     run = open_run(out, "diffusion", cfg, store, rank=rank, world=world, resume=resume,
-                   extra={"world_size": world, "init": cfg.init},
+                   extra={"world_size": world, "init": cfg.init, "steps": steps}, lineage=init_lineage,
                    on_create=lambda run: run.save_normalizers(fit_normalizers(store, cfg.encoder.proprio_keys)))
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank

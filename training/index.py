@@ -41,7 +41,7 @@ def embed_dataset(encoder, store, batch_size: int = 256, device: str = "cpu", pr
 
 def build_index(run, dataset, *, k: int | None = None, tau: float | None = None, mode: str | None = None,
                 n_action_steps: int | None = None, approx_threshold: int | None = None, device: str | None = None,
-                proprio_weight: float | None = None, progress: bool = True) -> dict:
+                proprio_weight: float | None = None, progress: bool = True, allow_partial: bool = False) -> dict:
     """Embed `dataset` with the EMA encoder of `run`, build and save the faiss index; returns a summary."""
     import torch
 
@@ -54,12 +54,15 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     store = EpisodeStore.open(dataset)
     rd = RunDir.open(run, "encoder", store=store)
+    note = rd.check_finished(allow_partial)
+    if note and progress:
+        print(f"index: warning: {note}")
     overrides = {key: v for key, v in dict(k=k, tau=tau, mode=mode, n_action_steps=n_action_steps,
                                            approx_threshold=approx_threshold, proprio_weight=proprio_weight).items()
                  if v is not None}
     cfg = RetrievalConfig(**overrides)
     config = rd.load_config()
-    encoder = load_encoder(rd, device)
+    encoder = load_encoder(rd, device, allow_partial=allow_partial)
 
     t0 = time.perf_counter()
     raw = embed_dataset(encoder, store, device=device, progress=progress)
@@ -91,12 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proprio-weight", type=float, default=None,
                         help="weight of the joint state against the image part of the feature (default 4.0)")
     parser.add_argument("--device", default=None, help="torch device for embedding (default: cuda if available)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="index an unfinished run (a killed or stopped pretrain) with its last checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
     s = build_index(args.run, args.dataset, k=args.k, tau=args.tau, mode=args.mode,
                     n_action_steps=args.n_action_steps, approx_threshold=args.approx_threshold, device=args.device,
-                    proprio_weight=args.proprio_weight)
+                    proprio_weight=args.proprio_weight, allow_partial=args.allow_partial)
     k = s["config"]["k"]
     print(f"index: {s['n']} frames, {s['dim']}-d features, {s['index_kind']} index, recall@{k} "
           f"{s[f'recall_at_{k}']:.3f}; wrote {s['path']}")

@@ -86,7 +86,15 @@ def open_positives(positives, store, horizon: int):
     from class_ros.similarity import normalized_chunks, open_weights
     if not Path(positives).exists():
         raise ClassRosError(f"positives {positives} do not exist; compute them with `class-ros dtw`.")
-    return open_weights(positives, chunks=normalized_chunks(store, horizon))
+    return open_weights(positives, chunks=normalized_chunks(store, horizon), dataset_fingerprint=store.fingerprint())
+
+
+def positives_lineage(positives) -> dict:
+    """What the run manifest records of the positives it was trained with (a file: its path and sha256)."""
+    if hasattr(positives, "batch_weights"):
+        return {}
+    from class_ros.data import outputs
+    return {"positives": str(positives), "positives_sha256": outputs.sha256_file(positives)}
 
 
 def check_positives(weights, n_frames: int) -> None:
@@ -181,6 +189,7 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
+    from class_ros.data.rundir import RunDir
     from class_ros.data.schema import obs_key
     from class_ros.data.store import EpisodeStore
     from class_ros.encoder.model import ObservationEncoder, load_init_weights
@@ -196,6 +205,8 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
         PretrainConfig.from_dict(config) if isinstance(config, dict) else PretrainConfig.from_yaml(config))
 
     # Everything the user can get wrong is checked before the run directory is touched.
+    if rank == 0 and not resume:
+        RunDir.check_target(out, "encoder")  # an unusable --out fails now, not after minutes of loading
     store = EpisodeStore.open(dataset)
     if store.n_frames < 2:
         raise ClassRosError(f"{dataset} holds {store.n_frames} frames; pre-training needs at least 2.")
@@ -217,7 +228,8 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     warmup = min(cfg.warmup_steps, math.ceil(5 * n / (cfg.batch_size * world)))
     cams = cfg.encoder.image_keys
     preload_if_small(store, [obs_key(c) for c in cams])
-    run = open_run(out, "encoder", cfg, store, rank=rank, world=world, resume=resume, extra={"world_size": world},
+    run = open_run(out, "encoder", cfg, store, rank=rank, world=world, resume=resume,
+                   extra={"world_size": world, "steps": steps}, lineage=positives_lineage(positives),
                    on_create=lambda run: run.save_normalizers(normalizers))
 
     encoder.to(device)
@@ -259,7 +271,8 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
     if rank == 0 and diagnostics:  # what the EMA encoder holds, for the user to see why retrieval works or not
         from class_ros.encoder.model import load_encoder
         from training.diagnostics import diagnose
-        summary["diagnostics"] = diagnose(load_encoder(run, device), store, weights, cfg.dist_horizon, cfg.seed)
+        encoder_now = load_encoder(run, device, allow_partial=True)  # a stopped run is diagnosed as it stands
+        summary["diagnostics"] = diagnose(encoder_now, store, weights, cfg.dist_horizon, cfg.seed)
     return finish(run, "pretrain", summary, rank, world)
 
 

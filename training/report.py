@@ -16,13 +16,14 @@ Figures (matplotlib Agg, written beside report.md):
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from class_ros.data import outputs
 
 REPORT_NAME = "report.md"
 
@@ -124,10 +125,11 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    os.replace(tmp, path)
+    try:
+        with outputs.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return path
 
 
@@ -365,17 +367,4 @@ def write_report(out_dir: str | os.PathLike, inputs: ReportInputs) -> Path:
     else:
         md.append(_missing(inputs, "latency"))
 
-    path = out / REPORT_NAME
-    tmp = path.with_name(REPORT_NAME + ".tmp")
-    tmp.write_text("\n".join(md))
-    os.replace(tmp, path)
-    return path
-
-
-def save_json(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
-    os.replace(tmp, path)
+    return outputs.write_text(out / REPORT_NAME, "\n".join(md))

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from class_ros.data import outputs
 from class_ros.errors import ClassRosError
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -107,7 +106,7 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
                 tried += 1
                 successes += ok
                 if ok or keep_failed:
-                    os.replace(tmp, out / name)
+                    outputs.move_into_place(tmp, out / name)  # a bag appears whole or not at all
                     kept.append(name)
                     seeds.append(ep_seed)
                     lengths.append(steps)
@@ -128,9 +127,7 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
         "topics": [IMAGE_TOPIC, JOINT_STATES_TOPIC, ARM_COMMAND_TOPIC, GRIPPER_COMMAND_TOPIC],
     }
     summary_path = out / "sim_demos.json"
-    tmp_json = out / ".sim_demos.json.tmp"
-    tmp_json.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp_json, summary_path)
+    outputs.write_json(summary_path, summary, indent=2)
     summary["summary_path"] = str(summary_path)
     if len(kept) < episodes:
         print(f"sim-demos: warning: only {len(kept)} of {episodes} episodes succeeded in {tried} tries.")

@@ -61,9 +61,9 @@ def preload_if_small(store, keys: list[str], limit_bytes: int = 4 << 30) -> None
 
 
 def open_run(out, kind: str, cfg, store, *, rank: int, world: int, resume: bool, extra: dict,
-             on_create: Callable | None = None):
+             lineage: dict | None = None, on_create: Callable | None = None):
     """The run directory: rank 0 creates it (then `on_create(run)`) or opens it to resume; the others wait
-    for rank 0, then open it."""
+    for rank 0, then open it. `lineage`: what the manifest records the run was made from, besides the dataset."""
     import torch.distributed as dist
 
     from class_ros.data.rundir import RunDir
@@ -75,7 +75,7 @@ def open_run(out, kind: str, cfg, store, *, rank: int, world: int, resume: bool,
             if not run.has_train_state():
                 raise ClassRosError(f"{out} has no train_state to resume from; start it without --resume.")
         else:
-            run = RunDir.create(out, kind, cfg, store, extra=extra)
+            run = RunDir.create(out, kind, cfg, store, extra=extra, lineage=lineage)
             if on_create is not None:
                 on_create(run)
     if world > 1:
@@ -111,10 +111,9 @@ class Checkpointing:
                 pass  # tensorboard is optional; the summary still has the numbers
 
     def resume(self, device) -> int:
-        """Load raw weights and train state; returns the step to continue from."""
-        self.module.load_state_dict(self.run.load_weights(self.weights, device=device)["raw"])
-        start = self.run.load_train_state(device=device, optimizer=self.optimizer, scheduler=self.scheduler,
-                                          ema=self.ema)
+        """Load the train state (raw weights included); returns the step to continue from."""
+        start = self.run.load_train_state(device=device, model=self.module, optimizer=self.optimizer,
+                                          scheduler=self.scheduler, ema=self.ema)
         self.ema.to(device)
         return start
 
@@ -123,11 +122,16 @@ class Checkpointing:
             for name, value in values.items():
                 self.writer.add_scalar(name, value, step)
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, final: bool = False) -> None:
+        """Checkpoint `step`: the train state first (resuming needs only it, see rundir.py), then the weights;
+        `final` (the last step) marks the run complete."""
         if self.rank == 0:
+            self.run.save_train_state(step, model=self.module, optimizer=self.optimizer, scheduler=self.scheduler,
+                                      ema=self.ema)
             self.run.save_weights(self.weights, {"ema": ema_state_dict(self.module, self.ema),
                                                  "raw": self.module.state_dict()}, metadata={"step": step})
-            self.run.save_train_state(step, optimizer=self.optimizer, scheduler=self.scheduler, ema=self.ema)
+            if final:
+                self.run.finish(step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -166,7 +170,7 @@ def run_steps(one_step: Callable, ckpt: Checkpointing, *, seed: int, rank: int, 
         if (step + 1) % save_every == 0 and step + 1 < end:
             ckpt.save(step + 1)
     seconds = time.perf_counter() - t0
-    ckpt.save(end)
+    ckpt.save(end, final=end == steps)
     ckpt.close()
     return losses, seconds
 
@@ -181,7 +185,7 @@ def summarize(out, steps: int, losses: list[float], seconds: float, world: int, 
 
 
 def finish(run, step_name: str, summary: dict, rank: int, world: int) -> dict:
-    """Record the summary in the run's meta.json (rank 0) and wait for every rank; returns the summary."""
+    """Record the summary in the run's manifest.json (rank 0) and wait for every rank; returns the summary."""
     if rank == 0:
         run.update_meta(**{f"{step_name}_summary": summary})
     if world > 1:

@@ -35,6 +35,10 @@ _RAW = {
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "32FC1")
 
 
+class CropOutside(ClassRosError):
+    """A crop box that does not fit inside the image (a setting to fix, not a corrupt frame)."""
+
+
 class UnsupportedEncoding(ClassRosError):
     """An image encoding or compressed format this decoder does not handle."""
 
@@ -137,7 +141,7 @@ def preprocess(img: np.ndarray, size: tuple[int, int], crop: tuple[int, int, int
     if crop is not None:
         top, left, h, w = (int(v) for v in crop)
         if top < 0 or left < 0 or h <= 0 or w <= 0 or top + h > img.shape[0] or left + w > img.shape[1]:
-            raise ClassRosError(f"crop box (top, left, height, width) = {tuple(crop)} does not fit inside the "
+            raise CropOutside(f"crop box (top, left, height, width) = {tuple(crop)} does not fit inside the "
                                 f"{img.shape[0]}x{img.shape[1]} image; fix the crop in the mapping or parameters.")
         img = img[top: top + h, left: left + w]
     out_h, out_w = int(size[0]), int(size[1])

@@ -80,10 +80,8 @@ class MinMaxNormalizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON atomically."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, path)
+        from class_ros.data import outputs
+        outputs.write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MinMaxNormalizer":

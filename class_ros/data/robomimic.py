@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from class_ros.data.outputs import check_target
 from class_ros.data.schema import ACTION, OBS_PREFIX, DatasetMeta, KeySchema, obs_key
 from class_ros.errors import ClassRosError
 
@@ -179,8 +179,7 @@ def import_robomimic(file, out, obs_keys=None, filter_key=None, overwrite: bool 
     path, out = Path(file), Path(out)
     if not path.is_file():
         raise ClassRosError(f"{path} does not exist.")
-    if out.exists() and not overwrite:
-        raise ClassRosError(f"{out} already exists; choose another --out or pass --overwrite.")
+    check_target(out, "dataset", overwrite=overwrite)  # before reading: a foreign folder is never touched
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -195,18 +194,20 @@ def import_robomimic(file, out, obs_keys=None, filter_key=None, overwrite: bool 
                            rot6d_dims=rot6d,
                            extra={"env_args": env_args, "robomimic_file": str(path), "filter_key": filter_key,
                                   "demos": [p.name for p in plans]})
-        store = EpisodeStore.create(out, meta, overwrite=overwrite)
-        try:
+        lineage = {"robomimic_file": str(path.resolve()), "bytes": path.stat().st_size, "filter_key": filter_key}
+        # An import either completes or leaves nothing (and an old dataset at `out` stays until then).
+        with EpisodeStore.build(out, overwrite=overwrite, lineage=lineage) as build:
+            store = build.create(meta)
             for plan in tqdm(plans, desc="import-robomimic", unit="demo", leave=False):
                 demo = f["data"][plan.name]
                 episode = {ACTION: np.asarray(demo["actions"][()], dtype=np.float32)}
                 for key in schemas:
                     values = np.asarray(demo["obs"][key.removeprefix(OBS_PREFIX)][()])
                     episode[key] = values.reshape(len(values), *schemas[key].shape)
-                store.append_episode(episode)
-        except ClassRosError as err:
-            shutil.rmtree(out, ignore_errors=True)  # an import either completes or leaves nothing
-            raise ClassRosError(f"data/{plan.name}: {err}") from None
+                try:
+                    store.append_episode(episode)
+                except ClassRosError as err:
+                    raise ClassRosError(f"data/{plan.name}: {err}") from None
     summary = {"out": str(out), "episodes": store.n_episodes, "frames": store.n_frames, "action_kind": kind,
                "keys": sorted(schemas), "filter_key": filter_key, "control_rate_hz": rate}
     print(f"import-robomimic: {store.n_episodes} demos, {store.n_frames} frames written to {out}")

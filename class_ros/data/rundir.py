@@ -3,21 +3,30 @@
 Layout:
 
     RUN/
-      meta.json            format version, run kind, dataset fingerprint, action/joint names, control rate,
-                           and the size + sha256 of every weights file (so truncation is caught on load)
-      config.yaml          the run's dataclass config as YAML
+      manifest.json        the class_ros output manifest (class_ros.data.outputs): kind, format version,
+                           complete (false until the last step is saved), the step of the last checkpoint,
+                           lineage (dataset fingerprint, positives, init run), action/joint names, control rate,
+                           and the size + sha256 of every file (so truncation and edits are caught on load)
+      config.yaml          the run's dataclass config as YAML (checksummed like the weights)
       normalizer.json      {"action": {...}, "<proprio name>": {...}} min-max normalisers
       <name>.safetensors   weights; groups such as "ema" and "raw" are stored as "ema/<param>", "raw/<param>"
-      train_state/         state.safetensors + state.json: optimizer, scheduler, EMA, step (for --resume)
+      train_state/         state-<step>.safetensors: model, optimizer, scheduler, EMA and step in ONE file
+                           (the plain values ride in its metadata), named by the manifest (for --resume)
 
-Every file is written atomically (temp file in the same folder, then os.replace). Nothing is pickled.
+A run is written in place (it must survive a kill and be resumed), so completeness is the manifest's `complete`:
+`check_finished` refuses an unfinished run (index, evaluate, finetune --init) unless partial use is asked for.
+Each file is written atomically through class_ros.data.outputs and then recorded in the manifest; a checkpoint
+writes its train state under a new name first, then the manifest (the commit), then the weights, so a kill at any
+point leaves a train state whose step and tensors belong together. Nothing is pickled.
 
 Usage (an encoder run; a diffusion run uses kind="diffusion" and its own weights name):
     run = RunDir.create("runs/class", "encoder", config=cfg, store=store)
     run.save_normalizers({"action": act_norm, "joint_pos": q_norm})
     run.save_weights("encoder", {"ema": ema_model.state_dict(), "raw": model.state_dict()})
-    run.save_train_state(step, optimizer=opt, scheduler=sched, ema=ema)
+    run.save_train_state(step, model=model, optimizer=opt, scheduler=sched, ema=ema)   # then save_weights
+    run.finish(step)                                                 # the last step: the run is complete
     run = RunDir.open("runs/class", kind="encoder", store=store)   # refuses a different dataset
+    run.check_finished()                                             # refuses an unfinished run
     weights = run.load_weights("encoder")["ema"]
 """
 from __future__ import annotations
@@ -27,51 +36,24 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from class_ros.data import outputs
 from class_ros.data.normalizer import MinMaxNormalizer
 from class_ros.errors import ClassRosError
 
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2  # 2: manifest.json with `complete`, checksummed config, one-file train state
 RUN_KINDS = ("encoder", "diffusion")
-META = "meta.json"
+META = outputs.MANIFEST
 CONFIG = "config.yaml"
 NORMALIZER = "normalizer.json"
 TRAIN_STATE = "train_state"
 _TENSOR_REF = "__tensor__"
-
-
-# ------------------------------------------------------------------------------------------ atomic writes
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so a reader sees the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Text version of atomic_write_bytes (UTF-8)."""
-    atomic_write_bytes(path, text.encode())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_RESUME = {"encoder": "class-ros pretrain ... --resume", "diffusion": "class-ros finetune ... --resume"}
 
 
 def config_to_dict(config: Any) -> dict:
@@ -79,6 +61,14 @@ def config_to_dict(config: Any) -> dict:
     d = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     # A YAML round trip turns tuples into lists, so compare and store the round-tripped form.
     return yaml.safe_load(yaml.safe_dump(d))
+
+
+def _never_checkpointed(path: Path) -> bool:
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("step") is None and not meta.get("complete")
 
 
 # ------------------------------------------------------------------------------------------ nested state
@@ -126,21 +116,26 @@ class RunDir:
     # ---------------------------------------------------------------- create / open
     @classmethod
     def create(cls, path: str | os.PathLike, kind: str, config: Any, store=None, *,
-               overwrite: bool = False, extra: dict | None = None) -> "RunDir":
-        """Start a new run: writes meta.json (from the dataset `store`, an EpisodeStore) and config.yaml."""
+               overwrite: bool = False, extra: dict | None = None, lineage: dict | None = None) -> "RunDir":
+        """Start a new run: writes manifest.json (from the dataset `store`, an EpisodeStore) and config.yaml.
+
+        `overwrite` replaces only a run of the same kind (never another folder); `lineage` adds to what the
+        manifest records the run was made from (the dataset's fingerprint is always there).
+        """
         if kind not in RUN_KINDS:
             raise ClassRosError(f"run kind {kind!r} is not one of {RUN_KINDS}.")
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ClassRosError(f"{path} is a file, not a run directory; choose another --out.")
-        if path.exists() and any(path.iterdir()):
-            if not overwrite:
-                raise ClassRosError(f"{path} already exists and is not empty; choose another --out, pass --resume "
-                                    "to continue it, or delete it.")
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": RUN_FORMAT_VERSION, "kind": kind, "files": {}, "extra": dict(extra or {})}
+        cls.check_target(path, kind, overwrite=overwrite)
+        if path.is_dir() and any(path.iterdir()):
+            shutil.rmtree(path)  # a run of this kind: overwritten, or one that died before its first checkpoint
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ClassRosError(f"cannot create the run directory {path} ({err.strerror}).") from None
+        meta = {"format_version": RUN_FORMAT_VERSION, "kind": kind, "complete": False, "step": None,
+                "run_id": uuid.uuid4().hex, "files": {}, "extra": dict(extra or {}), "lineage": dict(lineage or {})}
         if store is not None:
+            meta["lineage"]["dataset_fingerprint"] = store.fingerprint()
             m = store.meta
             meta.update(dataset_fingerprint=store.fingerprint(), dataset_path=str(store.path),
                         n_frames=int(store.n_frames), action_names=list(m.action_names), action_kind=m.action_kind,
@@ -148,9 +143,19 @@ class RunDir:
                         rot6d_dims=list(m.rot6d_dims), image_keys=list(m.image_keys),
                         low_dim_keys=list(m.low_dim_keys))
         run = cls(path, meta)
-        atomic_write_text(path / CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
-        run._write_meta()
+        outputs.write_text(path / CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        run.record_file(path / CONFIG)
         return run
+
+    @staticmethod
+    def check_target(path: str | os.PathLike, kind: str, overwrite: bool = False) -> None:
+        """Refuse (before any work) an --out that `create` may not use: a file, a foreign folder, a run to keep."""
+        path = Path(path)
+        outputs.check_target(path, kind, overwrite=True)  # a file, a foreign folder, another kind: refused
+        # A run that failed before its first checkpoint holds nothing to resume: it may be started again.
+        if path.is_dir() and any(path.iterdir()) and not overwrite and not _never_checkpointed(path):
+            raise ClassRosError(f"{path} already exists (a run of kind {kind}); choose another --out, pass --resume "
+                                "to continue it, or delete it.")
 
     @classmethod
     def open(cls, path: str | os.PathLike, kind: str | None = None, *, store=None, config: Any = None) -> "RunDir":
@@ -158,7 +163,9 @@ class RunDir:
         path = Path(path)
         meta_path = path / META
         if not meta_path.is_file():
-            raise ClassRosError(f"{path} is not a class_ros run directory (no {META}); train one with "
+            old = (" (its meta.json says an older class_ros made it; retrain it)"
+                   if (path / "meta.json").is_file() else "")
+            raise ClassRosError(f"{path} is not a class_ros run directory (no {META}){old}; train one with "
                                 "`class-ros pretrain` or `class-ros finetune`.")
         try:
             meta = json.loads(meta_path.read_text())
@@ -182,6 +189,36 @@ class RunDir:
     def kind(self) -> str:
         return self.meta["kind"]
 
+    @property
+    def step(self) -> int | None:
+        """The step of the last checkpoint (None before the first)."""
+        return self.meta.get("step")
+
+    def reference(self) -> dict:
+        """How another output names this run in its lineage: run id, kind, path, step and weights checksums."""
+        weights = {k: v["sha256"] for k, v in self.meta.get("files", {}).items() if k.endswith(".safetensors")
+                   and not k.startswith(TRAIN_STATE)}
+        return {"run_id": self.meta.get("run_id"), "kind": self.kind, "path": str(self.path), "step": self.step,
+                "weights_sha256": weights}
+
+    def finish(self, step: int) -> None:
+        """Mark the run complete at `step` (its last); readers refuse it before this unless told otherwise."""
+        self.update_meta(complete=True, step=int(step))
+
+    def check_finished(self, allow_partial: bool = False) -> str | None:
+        """Refuse an unfinished run (a killed or stopped training) unless `allow_partial`; returns a note then."""
+        if self.meta.get("complete"):
+            return None
+        step, total = self.step, self.meta.get("extra", {}).get("steps")
+        of = f" of {total}" if total else ""
+        if step is None:
+            raise ClassRosError(f"{self.path} is a run that has not saved its first checkpoint yet; let it train, "
+                                f"or continue it with `{_RESUME[self.kind]}`.")
+        if not allow_partial:
+            raise ClassRosError(f"{self.path} is an unfinished run (stopped at step {step}{of}); continue it with "
+                                f"`{_RESUME[self.kind]}`, or pass --allow-partial to use its step-{step} weights.")
+        return f"{self.path} is an unfinished run: using its checkpoint of step {step}{of}"
+
     def check_dataset(self, store) -> None:
         """Refuse a dataset whose fingerprint differs from the one this run was trained on."""
         want = self.meta.get("dataset_fingerprint")
@@ -203,29 +240,31 @@ class RunDir:
     def load_config(self) -> dict:
         """config.yaml as a dict (build the dataclass from it with its from_dict)."""
         try:
-            d = yaml.safe_load((self.path / CONFIG).read_text())
-        except (OSError, yaml.YAMLError) as err:
+            d = yaml.safe_load(self.read_checked(self.path / CONFIG))
+        except yaml.YAMLError as err:
             raise ClassRosError(f"cannot read {self.path / CONFIG} ({err}); the run is damaged.") from err
         if not isinstance(d, dict):
             raise ClassRosError(f"{self.path / CONFIG} does not hold a mapping; the run is damaged.")
         return d
 
     def update_meta(self, **fields) -> None:
-        """Add or change meta.json fields (atomically)."""
+        """Add or change manifest fields (atomically)."""
         self.meta.update(fields)
         self._write_meta()
 
     def _write_meta(self) -> None:
-        atomic_write_text(self.path / META, json.dumps(self.meta, indent=1, sort_keys=True))
+        outputs.write_json(self.path / META, self.meta, sort_keys=True)
 
     def save_normalizers(self, normalizers: dict[str, MinMaxNormalizer]) -> None:
         """normalizer.json: one min-max normaliser per name ("action", proprio names without obs/)."""
-        atomic_write_text(self.path / NORMALIZER, json.dumps({k: n.to_dict() for k, n in normalizers.items()}))
+        outputs.write_json(self.path / NORMALIZER, {k: n.to_dict() for k, n in normalizers.items()}, indent=None)
+        self.record_file(self.path / NORMALIZER)
 
     def load_normalizers(self) -> dict[str, MinMaxNormalizer]:
+        """normalizer.json back as {name: MinMaxNormalizer}, refusing an altered file like the weights."""
         try:
-            d = json.loads((self.path / NORMALIZER).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            d = json.loads(self.read_checked(self.path / NORMALIZER))
+        except json.JSONDecodeError as err:
             raise ClassRosError(f"cannot read {self.path / NORMALIZER} ({err}); the run is damaged.") from err
         return {k: MinMaxNormalizer.from_dict(v) for k, v in d.items()}
 
@@ -236,7 +275,7 @@ class RunDir:
 
         flat = {f"{g}/{k}": v.detach().cpu().clone() for g, sd in groups.items() for k, v in sd.items()}
         path = self.path / f"{name}.safetensors"
-        atomic_write_bytes(path, save(flat, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+        outputs.write_bytes(path, save(flat, metadata={k: str(v) for k, v in (metadata or {}).items()}))
         self.record_file(path)
         return path
 
@@ -259,11 +298,12 @@ class RunDir:
             groups.setdefault(group, {})[param] = value.to(device)
         return groups
 
-    def record_file(self, path: Path) -> None:
-        """Record a file's size and sha256 in meta.json (call after writing any file of the run)."""
+    def record_file(self, path: Path, write: bool = True) -> None:
+        """Record a file's size and sha256 in the manifest (call after writing any file of the run)."""
         self.meta.setdefault("files", {})[path.relative_to(self.path).as_posix()] = {
-            "bytes": path.stat().st_size, "sha256": _sha256(path)}
-        self._write_meta()
+            "bytes": path.stat().st_size, "sha256": outputs.sha256_file(path)}
+        if write:
+            self._write_meta()
 
     def read_checked(self, path: Path) -> bytes:
         """The bytes of a recorded file, refusing a missing, truncated or altered one."""
@@ -282,7 +322,11 @@ class RunDir:
 
     # ---------------------------------------------------------------- train state (for --resume)
     def save_train_state(self, step: int, **states) -> None:
-        """train_state/: `step` plus any objects with state_dict() (optimizer, scheduler, EMA) or plain values."""
+        """train_state/: `step` plus objects with state_dict() (model, optimizer, scheduler, EMA) or plain values.
+
+        One file under a new name, then the manifest naming it (the commit), then the old file goes: a kill at
+        any moment leaves the manifest naming a whole train state whose step and tensors were saved together.
+        """
         from safetensors.torch import save
 
         tree = {k: (v.state_dict() if hasattr(v, "state_dict") else v) for k, v in states.items()}
@@ -290,34 +334,48 @@ class RunDir:
         skeleton, tensors = split_tensors(tree)
         folder = self.path / TRAIN_STATE
         folder.mkdir(exist_ok=True)
-        atomic_write_bytes(folder / "state.safetensors", save(tensors))
-        self.record_file(folder / "state.safetensors")
-        # Both files are checksummed in meta.json, so a crash between the writes is refused on load.
-        atomic_write_text(folder / "state.json", json.dumps(skeleton))
-        self.record_file(folder / "state.json")
+        path = folder / f"state-{int(step):09d}.safetensors"
+        outputs.write_bytes(path, save(tensors, metadata={"state": json.dumps(skeleton)}))
+        files = self.meta.setdefault("files", {})
+        for rel in [r for r in files if r.startswith(f"{TRAIN_STATE}/")]:
+            del files[rel]
+        self.record_file(path, write=False)
+        self.update_meta(train_state=path.relative_to(self.path).as_posix(), step=int(step))
+        for old in folder.iterdir():  # earlier states, and one a kill left before its commit
+            if old != path:
+                old.unlink(missing_ok=True)
 
     def has_train_state(self) -> bool:
-        return (self.path / TRAIN_STATE / "state.json").is_file()
+        return bool(self.meta.get("train_state")) and (self.path / self.meta["train_state"]).is_file()
+
+    def _train_state(self, device: str = "cpu") -> tuple[Any, dict]:
+        from safetensors.torch import load
+
+        if not self.meta.get("train_state"):
+            raise ClassRosError(f"{self.path} has no train_state to resume from; start it without --resume.")
+        path = self.path / self.meta["train_state"]
+        data = self.read_checked(path)
+        try:
+            tensors = {k: v.to(device) for k, v in load(data).items()}
+            # The plain values live in the file's JSON header: 8 bytes of length, then the header.
+            header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])
+            skeleton = json.loads(header["__metadata__"]["state"])
+        except Exception as err:
+            raise ClassRosError(f"{path} holds a damaged train state ({err}); start a new run.") from err
+        return skeleton, tensors
 
     def load_train_state(self, device: str = "cpu", **targets) -> int:
         """Restore objects passed as keyword arguments (load_state_dict) and return the saved step."""
-        from safetensors.torch import load
-
-        folder = self.path / TRAIN_STATE
-        skeleton = json.loads(self.read_checked(folder / "state.json"))
-        data = self.read_checked(folder / "state.safetensors")
-        try:
-            tensors = {k: v.to(device) for k, v in load(data).items()}
-        except Exception as err:
-            raise ClassRosError(f"{folder} holds a damaged train state ({err}); start a new run.") from err
+        skeleton, tensors = self._train_state(device)
         tree = join_tensors(skeleton, tensors)
         for key, obj in targets.items():
             if key not in tree:
-                raise ClassRosError(f"{folder} holds no {key!r} state; it was written by a different trainer.")
+                raise ClassRosError(f"{self.path / TRAIN_STATE} holds no {key!r} state; it was written by a "
+                                    "different trainer.")
             obj.load_state_dict(tree[key])
         return int(tree["step"])
 
     def train_state_values(self) -> dict:
         """The plain (non-tensor) values saved with the train state, e.g. {"step": 120, "rng_seed": 3}."""
-        skeleton = json.loads(self.read_checked(self.path / TRAIN_STATE / "state.json"))
+        skeleton, _ = self._train_state()
         return {k: v for k, v in skeleton["__dict__"] if not isinstance(v, dict)}

@@ -8,32 +8,41 @@ Layout (diffusion_policy's replay buffer, in zarr v3):
       obs/<name>                (N, H, W, 3) uint8 images, or (N, d) float32 low-dim
       meta/episode_ends         (E,) int64, exclusive end frame of each episode
 
-Appending is atomic: data arrays and `episode_ends` are written first, then the root attribute
-`n_episodes` (one atomic file replace) commits the episode. Anything past the committed count
-(left by a process killed mid-append) is invisible to readers and trimmed by the next writer.
+      manifest.json             written last (class_ros.data.outputs): kind "dataset", complete, lineage
 
-Usage:
-    store = EpisodeStore.create("data/lift", meta)
-    store.append_episode({"obs/agentview": imgs, "obs/joint_pos": q, "action": a})
-    store = EpisodeStore.open("data/lift")          # read-only
+A dataset is written whole or not at all: `EpisodeStore.build` writes it in a hidden sibling folder and moves it
+into place with its manifest once complete, and `open` (read-only) refuses a folder without that manifest.
+Within a store, appending is atomic too: data arrays and `episode_ends` are written first, then the root
+attribute `n_episodes` (one atomic file replace) commits the episode; anything past the committed count (left
+by a process killed mid-append) is invisible to readers and trimmed by the next writer.
+
+Usage (the one way to write a dataset; importers call exactly this):
+    with EpisodeStore.build("data/lift", overwrite=False, lineage={"source": "lift.hdf5"}) as b:
+        store = b.create(meta)                      # once the schema is known
+        store.append_episode({"obs/agentview": imgs, "obs/joint_pos": q, "action": a})
+    store = EpisodeStore.open("data/lift")          # read-only; refuses an incomplete dataset
     chunks = store.action_chunks(horizon=16)        # (N, H, D)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from class_ros.data import outputs
 from class_ros.data.schema import ACTION, EPISODE_ENDS, DatasetMeta, KeySchema
 from class_ros.errors import ClassRosError
 
 ATTR = "class_ros"
+KIND = "dataset"  # the manifest kind (class_ros.data.outputs)
+FORMAT_VERSION = 1
 IMAGE_CHUNK_FRAMES = 8  # a random batch touches one small chunk per frame
 LOW_DIM_CHUNK_FRAMES = 4096
 
@@ -73,15 +82,32 @@ class EpisodeStore:
 
     # ---------------------------------------------------------------- creation and opening
     @classmethod
-    def create(cls, path: str | os.PathLike, meta: DatasetMeta, overwrite: bool = False) -> "EpisodeStore":
-        """Create an empty store with the keys declared in `meta.keys`."""
+    @contextlib.contextmanager
+    def build(cls, path: str | os.PathLike, *, overwrite: bool = False,
+              lineage: dict | None = None) -> Iterator["DatasetBuilder"]:
+        """Write a whole dataset at `path` or nothing: yields a DatasetBuilder (call .create(meta) once, then append).
+
+        The dataset appears at `path` only when the block ends without an exception; `overwrite` replaces an
+        existing dataset (never any other folder) at that moment. `lineage`: what it was made from (manifest).
+        """
+        with outputs.building(path, KIND, overwrite=overwrite, lineage=lineage, format_version=FORMAT_VERSION) as b:
+            builder = DatasetBuilder(b)
+            yield builder
+            if builder.store is None:
+                raise ClassRosError(f"no episode was written, so {path} was not created.")
+            b.manifest.update(builder.store.manifest_fields())
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, meta: DatasetMeta) -> "EpisodeStore":
+        """Create an empty store in place (an empty or new folder); readers accept it once `finish` is called.
+
+        Use `build` for anything a user will read: it makes the dataset appear whole or not at all.
+        """
         path = Path(path)
         if ACTION not in meta.keys:
             meta.keys[ACTION] = KeySchema("float32", (meta.action_dim,), "low_dim")
-        if path.exists():
-            if not overwrite:
-                raise ClassRosError(f"{path} already exists; choose another --out or pass --overwrite.")
-            shutil.rmtree(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ClassRosError(f"{path} already exists; choose another --out or pass --overwrite.")
         root = zarr.open_group(str(path), mode="w", zarr_format=3)
         for key, schema in meta.keys.items():
             frames = IMAGE_CHUNK_FRAMES if schema.kind == "image" else LOW_DIM_CHUNK_FRAMES
@@ -107,7 +133,18 @@ class EpisodeStore:
         store = cls(path, root, mode)
         if mode == "a":
             store._trim_uncommitted()
+        else:  # the writer (mode "a") works before the manifest exists; readers need a finished dataset
+            outputs.read_manifest(path, KIND)
         return store
+
+    def manifest_fields(self) -> dict:
+        """What the manifest records about this store (its fingerprint ties positives and runs to it)."""
+        return {"fingerprint": self.fingerprint(), "n_episodes": self.n_episodes, "n_frames": self.n_frames}
+
+    def finish(self, lineage: dict | None = None) -> None:
+        """Mark a store made in place with `create` as complete (its manifest); `build` does this itself."""
+        outputs.write_manifest(self.path, KIND, format_version=FORMAT_VERSION, complete=True, lineage=lineage,
+                               **self.manifest_fields())
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike, meta: DatasetMeta) -> "EpisodeStore":
@@ -174,8 +211,21 @@ class EpisodeStore:
         """Read `keys` (default: all) into memory so sampling needs no disk access. Returns self."""
         for key in keys or self.keys:
             if key not in self._cache:
-                self._cache[key] = np.asarray(self._arrays[key][: self.n_frames])
+                with self._reading(key):
+                    self._cache[key] = np.asarray(self._arrays[key][: self.n_frames])
         return self
+
+    @contextlib.contextmanager
+    def _reading(self, key: str):
+        """Turn the codec's or the file system's error on a damaged chunk into one sentence naming the key."""
+        try:
+            yield
+        except ClassRosError:
+            raise
+        except (OSError, RuntimeError, ValueError) as err:  # blosc raises RuntimeError on a corrupt chunk
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise ClassRosError(f"{self.path}: cannot read {key!r} ({first}); the dataset is damaged, write it "
+                                "again (convert / import).") from None
 
     def read(self, key: str, idx: np.ndarray) -> np.ndarray:
         """Frames `idx` (any order, repeats allowed) of `key`, reading each needed chunk once."""
@@ -185,14 +235,19 @@ class EpisodeStore:
             return src[idx]
         uniq, inverse = np.unique(idx, return_inverse=True)
         arr = src.array if isinstance(src, _Sliced) else src
-        return np.asarray(arr.get_orthogonal_selection((uniq,)))[inverse.reshape(idx.shape)]
+        with self._reading(key):
+            return np.asarray(arr.get_orthogonal_selection((uniq,)))[inverse.reshape(idx.shape)]
 
     def episode(self, i: int) -> dict[str, np.ndarray]:
         """All keys of episode `i` as numpy arrays."""
         if not 0 <= i < self.n_episodes:
             raise IndexError(f"episode {i} out of range (the store has {self.n_episodes})")
         start, end = int(self.episode_starts[i]), int(self._ends[i])
-        return {k: np.asarray(self.array(k)[start:end]) for k in self.keys}
+        out = {}
+        for k in self.keys:
+            with self._reading(k):
+                out[k] = np.asarray(self.array(k)[start:end])
+        return out
 
     def episode_of(self, frames: np.ndarray) -> np.ndarray:
         """Episode index of each global frame index."""
@@ -262,7 +317,8 @@ class EpisodeStore:
                 continue
             starts = self.episode_starts
             for e in range(self.n_episodes):
-                block = np.asarray(arr[starts[e]: ends[e]])
+                with self._reading(key):
+                    block = np.asarray(arr[starts[e]: ends[e]])
                 if not np.isfinite(block).all():
                     frame = int(np.argwhere(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))[0, 0])
                     raise ClassRosError(f"{self.path}: key {key!r} has a non-finite value in episode {e} "
@@ -273,14 +329,39 @@ class EpisodeStore:
         h = hashlib.sha256(json.dumps(self.meta.to_dict(), sort_keys=True).encode())
         h.update(self._ends.tobytes())
         actions = self.array(ACTION)
-        h.update(np.ascontiguousarray(actions[: min(self.n_frames, 4096)]).tobytes())
+        with self._reading(ACTION):
+            h.update(np.ascontiguousarray(actions[: min(self.n_frames, 4096)]).tobytes())
         return h.hexdigest()[:16]
 
     def action_chunks(self, horizon: int) -> np.ndarray:
         """(N, H, D) the action chunk a[t : t+H] following every frame, last action repeated at episode ends."""
         from class_ros.data.sampler import action_chunk_indices
         idx = action_chunk_indices(self._ends, np.arange(self.n_frames), horizon)
-        return np.asarray(self.array(ACTION)[: self.n_frames])[idx]
+        return np.asarray(self.load([ACTION]).array(ACTION))[idx]
+
+
+class DatasetBuilder:
+    """What `EpisodeStore.build` yields: `create(meta)` makes the store (in the hidden folder) once."""
+
+    def __init__(self, building: outputs.Building):
+        self._building = building
+        self.store: EpisodeStore | None = None
+
+    @property
+    def path(self):
+        """The hidden folder being written: put any extra files (a report) here before the block ends."""
+        return self._building.path
+
+    @property
+    def lineage(self) -> dict:
+        """The manifest's lineage dict; add to it while writing (e.g. the sources actually used)."""
+        return self._building.lineage
+
+    def create(self, meta: DatasetMeta) -> EpisodeStore:
+        """The empty store with `meta`'s schema; append episodes to it."""
+        assert self.store is None, "create the store once per build"
+        self.store = EpisodeStore.create(self._building.path, meta)
+        return self.store
 
 
 class _Sliced:

@@ -96,12 +96,16 @@ class ObservationEncoder(nn.Module):
         return torch.cat([feats, self.proprio(obs).to(feats.dtype)], dim=1)
 
 
-def load_encoder(run, device: str = "cpu") -> ObservationEncoder:
-    """The EMA encoder of a pre-training run (a path or an open RunDir), in eval mode on `device`."""
+def load_encoder(run, device: str = "cpu", allow_partial: bool = False) -> ObservationEncoder:
+    """The EMA encoder of a pre-training run (a path or an open RunDir), in eval mode on `device`.
+
+    An unfinished run (pre-training killed or stopped early) is refused unless `allow_partial`.
+    """
     from class_ros.data.rundir import RunDir
 
     if not isinstance(run, RunDir):
         run = RunDir.open(run, "encoder")
+    run.check_finished(allow_partial)
     if not run.has_weights("encoder"):
         raise ClassRosError(f"{run.path} has no encoder weights yet; finish `class-ros pretrain` first.")
     encoder = ObservationEncoder(EncoderConfig.from_dict(run.load_config()["encoder"]))

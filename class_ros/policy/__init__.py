@@ -39,9 +39,13 @@ class Policy(Protocol):
         """{camera: (H, W, 3) uint8, proprio key: (d,)} -> (H, D) float32 chunk in robot units."""
 
 
-def load_policy(run_dir: str | os.PathLike, kind: str = "retrieval", device: str = "cpu") -> Policy:
-    """Load a trained policy from its run directory (`retrieval`: a pre-training run with an index)."""
+def load_policy(run_dir: str | os.PathLike, kind: str = "retrieval", device: str = "cpu", *,
+                allow_partial: bool = False) -> Policy:
+    """Load a trained policy from its run directory (`retrieval`: a pre-training run with an index).
+
+    An unfinished run (training killed or stopped early) is refused unless `allow_partial`.
+    """
     if kind not in _CLASSES:
         raise ClassRosError(f"policy kind {kind!r} is not one of {POLICY_KINDS}.")
     module, name = _CLASSES[kind]
-    return getattr(importlib.import_module(module), name).load(run_dir, device=device)
+    return getattr(importlib.import_module(module), name).load(run_dir, device=device, allow_partial=allow_partial)

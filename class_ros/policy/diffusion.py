@@ -291,15 +291,15 @@ class DiffusionPolicy(nn.Module):
 
     def save_scheduler(self, run) -> None:
         """Write scheduler.json (the diffusers config of the training noise schedule) into the run."""
-        from class_ros.data.rundir import atomic_write_text
+        from class_ros.data import outputs
 
         path = run.path / SCHEDULER_FILE
-        atomic_write_text(path, self.noise_scheduler.to_json_string())
+        outputs.write_text(path, self.noise_scheduler.to_json_string())
         run.record_file(path)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str = "cpu",
-             inference_dtype: torch.dtype | None = None) -> "DiffusionPolicy":
+             inference_dtype: torch.dtype | None = None, allow_partial: bool = False) -> "DiffusionPolicy":
         """The trained policy (EMA weights) of a diffusion run, ready for predict_action_chunk.
 
         On CUDA it samples from a CUDA graph with a bfloat16 U-Net (inference_dtype=None picks bfloat16
@@ -308,6 +308,7 @@ class DiffusionPolicy(nn.Module):
         from class_ros.data.rundir import RunDir
 
         run = RunDir.open(run_dir, kind="diffusion")
+        run.check_finished(allow_partial)
         if not run.has_weights(WEIGHTS):
             raise ClassRosError(f"{run_dir} has no {WEIGHTS}.safetensors yet; train it with `class-ros finetune`.")
         policy = cls.from_run_config(run)

@@ -25,6 +25,7 @@ from class_ros.config import DictConfig
 from class_ros.errors import ClassRosError
 
 INDEX_DIR = "index"
+INDEX_KIND = "index"  # its manifest kind (class_ros.data.outputs)
 MODES = ("mean", "sample")
 
 
@@ -168,21 +169,33 @@ def single_thread_search():
 
 
 def save_index(run, index, chunks: np.ndarray, frames: np.ndarray, episodes: np.ndarray, info: dict) -> Path:
-    """Write index/ into the run directory (faiss format + npz + JSON, each atomic and checksummed)."""
+    """Write index/ into the run directory (faiss format + npz + JSON), whole or not at all, checksummed.
+
+    Its manifest's lineage names the run (id and encoder checksum), so an index copied from another run, or
+    left from before the run trained further, is refused on load.
+    """
     import faiss
 
-    from class_ros.data.rundir import atomic_write_bytes, atomic_write_text
+    from class_ros.data import outputs
 
     folder = Path(run.path) / INDEX_DIR
-    folder.mkdir(exist_ok=True)
-    atomic_write_bytes(folder / "faiss.index", faiss.serialize_index(index).tobytes())
-    buf = io.BytesIO()
-    np.savez(buf, chunks=chunks.astype(np.float32), frames=frames.astype(np.int64), episodes=episodes.astype(np.int64))
-    atomic_write_bytes(folder / "data.npz", buf.getvalue())
-    atomic_write_text(folder / "index.json", json.dumps(info, indent=1, sort_keys=True))
+    with outputs.building(folder, INDEX_KIND, overwrite=True, lineage=index_lineage(run)) as b:
+        outputs.write_bytes(b.path / "faiss.index", faiss.serialize_index(index).tobytes())
+        buf = io.BytesIO()
+        np.savez(buf, chunks=chunks.astype(np.float32), frames=frames.astype(np.int64),
+                 episodes=episodes.astype(np.int64))
+        outputs.write_bytes(b.path / "data.npz", buf.getvalue())
+        outputs.write_json(b.path / "index.json", info, sort_keys=True)
     for name in ("faiss.index", "data.npz", "index.json"):
-        run.record_file(folder / name)
+        run.record_file(folder / name, write=False)
+    run.update_meta()
     return folder
+
+
+def index_lineage(run) -> dict:
+    """What ties an index to its run: the run's id and the encoder weights it embedded with."""
+    weights = run.meta.get("files", {}).get("encoder.safetensors", {})
+    return {"run_id": run.meta.get("run_id"), "encoder_sha256": weights.get("sha256")}
 
 
 # ------------------------------------------------------------------------------------------ the policy
@@ -208,24 +221,30 @@ class RetrievalPolicy:
         self._rng = np.random.default_rng(seed)
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike, device: str = "cpu", **overrides) -> "RetrievalPolicy":
+    def load(cls, run_dir: str | os.PathLike, device: str = "cpu", allow_partial: bool = False,
+             **overrides) -> "RetrievalPolicy":
         """Load the EMA encoder and the index of a pre-training run; `overrides` change RetrievalConfig fields."""
         import faiss
 
+        from class_ros.data import outputs
         from class_ros.data.rundir import RunDir
         from class_ros.encoder.model import load_encoder
 
         run = RunDir.open(run_dir, "encoder")
+        run.check_finished(allow_partial)
         folder = run.path / INDEX_DIR
-        if not (folder / "index.json").is_file():
+        if not folder.is_dir():
             raise ClassRosError(f"{run.path} has no retrieval index; build it with `class-ros index --run "
                                 f"{run.path} --dataset DATASET`.")
+        made_from = outputs.read_manifest(folder, INDEX_KIND)["lineage"]
+        if made_from != index_lineage(run):
+            what = ("another run" if made_from.get("run_id") != run.meta.get("run_id")
+                    else "other encoder weights than the run now holds (was it trained further?)")
+            raise ClassRosError(f"{folder} was built from {what}; rebuild it with `class-ros index --run "
+                                f"{run.path} --dataset DATASET`.")
         info = json.loads(run.read_checked(folder / "index.json"))
-        if info.get("encoder_sha256") != run.meta["files"]["encoder.safetensors"]["sha256"]:
-            raise ClassRosError(f"{folder} was built with other encoder weights than the run now holds (was it "
-                                f"trained further?); rebuild it with `class-ros index --run {run.path}`.")
         config = stored_config(info["config"], folder, overrides)
-        encoder = load_encoder(run)
+        encoder = load_encoder(run, allow_partial=allow_partial)
         index = faiss.deserialize_index(np.frombuffer(run.read_checked(folder / "faiss.index"), dtype=np.uint8))
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = max(config.ef_search, config.k)

@@ -153,10 +153,12 @@ def write_state_dataset(demos: ExpertDemos, path: str | os.PathLike):
                        keys={obs_key(PRIVILEGED): KeySchema("float32", (demos.state.shape[1],)),
                              obs_key(JOINTS): KeySchema("float32", (demos.joints.shape[1],)),
                              ACTION: KeySchema("float32", (demos.actions.shape[1],))})
-    store = EpisodeStore.create(path, meta, overwrite=True)
-    start = 0
-    for end in demos.episode_ends:
-        store.append_episode({obs_key(PRIVILEGED): demos.state[start:end], obs_key(JOINTS): demos.joints[start:end],
-                              ACTION: demos.actions[start:end]})
-        start = end
-    return store
+    lineage = {"oracle": {"task": demos.task, "episodes": int(len(demos.episode_ends))}}
+    with EpisodeStore.build(path, overwrite=True, lineage=lineage) as b:
+        store = b.create(meta)
+        start = 0
+        for end in demos.episode_ends:
+            store.append_episode({obs_key(PRIVILEGED): demos.state[start:end],
+                                  obs_key(JOINTS): demos.joints[start:end], ACTION: demos.actions[start:end]})
+            start = end
+    return EpisodeStore.open(path)

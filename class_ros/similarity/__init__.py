@@ -32,14 +32,23 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'class_ros.similarity' has no attribute {name!r}")
 
 
-def open_weights(path: str | os.PathLike, chunks=None, *, device: str = "cpu"):
+def open_weights(path: str | os.PathLike, chunks=None, *, device: str = "cpu",
+                 dataset_fingerprint: str | None = None):
     """A positives .npz -> an object with .batch_weights(idx) -> (B, B) float32 and .n.
 
     Exact files give a `Positives`; on-the-fly files need the dataset's normalised chunks (N, H, D).
+    With `dataset_fingerprint` (EpisodeStore.fingerprint()), positives made from another dataset are refused.
     """
     from class_ros.similarity.onthefly import OnTheFlyWeights
     from class_ros.similarity.positives import Positives, load_npz
-    kind = str(load_npz(path).get("kind", ""))
+    data = load_npz(path)
+    kind = str(data.get("kind", ""))
+    if dataset_fingerprint is not None and kind in ("exact", "onthefly"):
+        made_from = str(data.get("dataset_fingerprint", ""))
+        if made_from != dataset_fingerprint:
+            was = f"dataset {made_from}" if made_from else "a dataset it does not name (an older class_ros)"
+            raise ClassRosError(f"{path} was computed from {was}, not from this dataset ({dataset_fingerprint}); "
+                                "recompute it with `class-ros dtw` on this dataset.")
     if kind == "exact":
         pos = Positives.load(path)
         if chunks is not None and len(chunks) != pos.n:
@@ -59,7 +68,7 @@ def normalized_chunks(store, horizon: int) -> np.ndarray:
         raise ClassRosError(f"the DTW horizon must be at least 1, got {horizon}.")
     if store.n_frames == 0:
         raise ClassRosError(f"{store.path} holds no frames; record or convert some episodes first.")
-    actions = np.asarray(store.array(ACTION)[: store.n_frames], dtype=np.float32)
+    actions = np.asarray(store.load([ACTION]).array(ACTION), dtype=np.float32)  # load(): one clear read error
     norm = MinMaxNormalizer.fit(actions)
     chunks = store.action_chunks(int(horizon))  # (N, H, D)
     chunks = np.asarray(norm.normalize(chunks.astype(np.float64)), dtype=np.float32)

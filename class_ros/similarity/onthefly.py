@@ -90,11 +90,11 @@ class OnTheFlyWeights:
         w[idx[:, None] == idx[None, :]] = 0.0
         return w
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, dataset_fingerprint: str = "") -> Path:
         """Write the kind marker, quantile and sampled CDF (not the chunks) as .npz, atomically."""
         N, H, D = self.chunks.shape
         return save_npz(path, kind="onthefly", format=FORMAT, quantile=self.quantile, low=self.low,
-                        n_sampled=self.n_sampled, n=N, horizon=H, dim=D)
+                        n_sampled=self.n_sampled, n=N, horizon=H, dim=D, dataset_fingerprint=dataset_fingerprint)
 
     @classmethod
     def load(cls, path: str | os.PathLike, chunks, device: str = "cpu") -> "OnTheFlyWeights":

@@ -81,11 +81,11 @@ class Positives:
         """(N, N) float32 weight matrix; only for small N (tests, inspection)."""
         return self.batch_weights(np.arange(self.n))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a .npz (no pickle) atomically; returns the path."""
+    def save(self, path: str | os.PathLike, dataset_fingerprint: str = "") -> Path:
+        """Write a .npz (no pickle) atomically, with the fingerprint of its dataset; returns the path."""
         return save_npz(path, kind="exact", format=FORMAT, indptr=self.indptr, indices=self.indices,
                         distance=self.distance, weight=self.weight, quantile=self.quantile,
-                        threshold=self.threshold, passes=self.passes)
+                        threshold=self.threshold, passes=self.passes, dataset_fingerprint=dataset_fingerprint)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Positives":
@@ -110,17 +110,11 @@ class Positives:
 
 
 def save_npz(path: str | os.PathLike, **fields) -> Path:
-    """np.savez to a temp file in the same folder, then os.replace: readers never see half a file."""
+    """np.savez through class_ros.data.outputs: readers never see half a file."""
+    from class_ros.data import outputs
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in fields.items()})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with outputs.replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in fields.items()})
     return path
 
 

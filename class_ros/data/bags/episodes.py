@@ -13,11 +13,10 @@ import numpy as np
 
 from class_ros.data.bags import fields as fp
 from class_ros.data.bags.mapping import Mapping, Source
-from class_ros.data.bags.reading import (IMAGE_TYPES, BagSkipped, build_typestore, check_readable, check_topics,
-                                         iter_images,
-                                         message_times, open_bag, read_topics)
+from class_ros.data.bags.reading import (IMAGE_TYPES, BagSkipped, align_qos, build_typestore, check_readable,
+                                         check_topics, iter_images, message_times, open_bag, read_topics)
 from class_ros.data.bags.sync import NS, Sampled, Track, frame_grid, sample, split_windows
-from class_ros.data.images import UnsupportedEncoding, decode_compressed, decode_image, preprocess
+from class_ros.data.images import CropOutside, UnsupportedEncoding, decode_compressed, decode_image, preprocess
 from class_ros.data.schema import ACTION, KeySchema, obs_key
 from class_ros.errors import ClassRosError
 
@@ -43,6 +42,7 @@ class BagResult:
     action_names: list[str] = field(default_factory=list)
     joint_names: list[str] = field(default_factory=list)
     messages: int = 0
+    warnings: list[str] = field(default_factory=list)  # e.g. QoS profiles taken from the storage
 
 
 def _clock_offset(data, times: np.ndarray) -> float | None:
@@ -121,7 +121,10 @@ def convert_bag(path: Path, mapping: Mapping, extra_types: dict, progress=None) 
     """Read one bag and cut it into episodes as the mapping says; BagSkipped if the bag cannot be used."""
     reader = open_bag(path)
     try:
-        return _convert_open(reader, mapping, extra_types, progress)
+        warnings = align_qos(reader, set(mapping.topics))
+        result = _convert_open(reader, mapping, extra_types, progress)
+        result.warnings = warnings + result.warnings
+        return result
     finally:
         reader.close()
 
@@ -139,6 +142,7 @@ def _convert_open(reader, mapping: Mapping, extra_types: dict, progress) -> BagR
             raise BagSkipped(f"key {name} reads fields of image topic {src.topic}; map images with `image:` only")
     check_readable(reader, conns)
     typestore = build_typestore([c for cs in conns.values() for c in cs], extra_types)
+    _check_first_images(reader, conns, typestore, obs)
     data = read_topics(reader, conns, typestore, image_topics, progress)
     result = BagResult(messages=sum(len(d.messages) for d in data.values()), joint_names=_joint_names(mapping))
     keys = _key_tracks(mapping, data)
@@ -189,6 +193,20 @@ def _windows(mapping: Mapping, data, ref_times: np.ndarray) -> list[tuple[int, i
     return split_windows(ref_times, m_times[order], values, gap_s=mapping.gap_s)
 
 
+def _check_first_images(reader, conns, typestore, obs: dict[str, Source]) -> None:
+    """Decode each image topic's first frame before reading the bag: a crop outside the image fails fast."""
+    for name, src in obs.items():
+        if src.image and src.image.crop:
+            for _ordinal, msg in iter_images(reader, conns[src.topic], typestore, {0}):
+                try:
+                    _decode(msg, src)
+                except CropOutside as err:
+                    raise BagSkipped(f"image key {name}: {err}") from None
+                except ClassRosError:
+                    pass  # a corrupt first frame is only that frame's problem
+                break
+
+
 def _decode_sampled(reader, conns, typestore, obs: dict[str, Source], plans: list[dict]) -> dict:
     """{image key: {message ordinal: (H, W, 3) uint8, or None if that frame is corrupt}} for kept frames."""
     decoded: dict[str, dict[int, np.ndarray | None]] = {}
@@ -202,6 +220,8 @@ def _decode_sampled(reader, conns, typestore, obs: dict[str, Source], plans: lis
                 decoded[name][ordinal] = _decode(msg, src)
             except UnsupportedEncoding:
                 raise
+            except CropOutside as err:  # the mapping's crop, not the frame, is wrong: no frame of this bag fits
+                raise BagSkipped(f"image key {name}: {err}") from None
             except ClassRosError:
                 decoded[name][ordinal] = None  # one corrupt frame: drop the frames that sample it
     return decoded

@@ -35,6 +35,8 @@ import yaml
 from class_ros.data.schema import ACTION_KINDS
 from class_ros.errors import ClassRosError
 
+MAX_IMAGE_SIDE = 2048  # model inputs are ~100 px; a larger size is a typo that would run out of memory per frame
+
 TIME_SOURCES = ("header", "receive")
 
 
@@ -134,9 +136,14 @@ def _source(d, where: str, default_age: float, default_time: str) -> Source:
         size = img.get("size") if isinstance(img, dict) else None
         if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
             raise _fail(f"{where}.image.size", f"must be [height, width] in pixels, got {size!r}.")
+        if max(size) > MAX_IMAGE_SIDE:
+            raise _fail(f"{where}.image.size", f"is {size}; the dataset stores every frame at this size, keep each "
+                                               f"side at most {MAX_IMAGE_SIDE} pixels (models use ~100).")
         crop = img.get("crop")
         if crop is not None and not (isinstance(crop, list) and len(crop) == 4 and all(isinstance(c, int) for c in crop)):
             raise _fail(f"{where}.image.crop", f"must be [top, left, height, width] in pixels, got {crop!r}.")
+        if crop is not None and (min(crop[:2]) < 0 or min(crop[2:]) <= 0):
+            raise _fail(f"{where}.image.crop", f"needs top, left >= 0 and height, width > 0, got {crop}.")
         src.image = ImageSpec(tuple(size), tuple(crop) if crop else None,
                               _positive(img.get("max_depth_m", 4.0), f"{where}.image.max_depth_m"))
         if src.fields or src.joints:

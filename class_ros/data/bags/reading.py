@@ -1,8 +1,10 @@
 """Finding rosbag2 recordings, opening them with `rosbags`, and reading the mapped topics.
 
 No ROS needed: `rosbags.rosbag2.Reader` reads sqlite3 and MCAP bags, and a typestore built per bag
-deserialises them. Type definitions come, in order of preference, from the bag itself (Iron+ and MCAP
-bags embed them), from `--msg-dir` (custom .msg files), then from rosbags' built-in ROS 2 types.
+deserialises them. Type definitions come, in order of preference, from `--msg-dir` (custom .msg files, which
+override what a bag embeds), from the bag itself (Iron+ and MCAP bags embed them), then from rosbags' built-in
+ROS 2 types. When metadata.yaml and the storage file disagree about a topic's QoS profiles (`ros2 bag` plays
+such bags), the storage's profiles are used and the bag's report says so.
 
 Every problem that makes a bag unusable raises `BagSkipped` with one sentence; the converter
 reports it and goes on with the next bag.
@@ -133,19 +135,23 @@ _TYPESTORES: dict[str, object] = {}  # bags of one recording setup share definit
 
 def build_typestore(connections, extra_types: dict):
     """A typestore with the bag's embedded definitions for `connections`, then --msg-dir, then built-in types."""
-    from rosbags.typesys import Stores, TypesysError, get_typestore
+    from rosbags.typesys import Stores, get_typestore
 
     key = repr((sorted((c.msgtype, c.msgdef.data) for c in connections), sorted(extra_types.items())))
     if key in _TYPESTORES:
         return _TYPESTORES[key]
     typs = dict(get_typestore(Stores.LATEST).fielddefs)
-    typs.update(extra_types)
     for conn in connections:
+        if conn.msgtype in extra_types:
+            continue  # --msg-dir overrides what the bag embeds (also a definition rosbags cannot parse)
         try:
-            typs.update(_embedded_types(conn))
-        except (TypesysError, ValueError, IndexError) as err:  # a definition rosbags cannot parse
-            raise BagSkipped(f"the definition of {conn.msgtype} embedded for topic {conn.topic} cannot be parsed "
-                             f"({str(err).splitlines()[0][:120]})") from None
+            embedded = _embedded_types(conn)
+        except Exception as err:  # rosbags' parsers raise TypesysError, but also lark and plain Python errors
+            raise BagSkipped(f"the message definition of {conn.msgtype} embedded in the bag for topic {conn.topic} "
+                             f"cannot be parsed ({_short(err)}); pass --msg-dir with its <package>/msg/<Name>.msg "
+                             "to use instead") from None
+        typs.update({k: v for k, v in embedded.items() if k not in extra_types})
+    typs.update(extra_types)
     store = get_typestore(Stores.EMPTY)
     store.register(_closure(typs, [c.msgtype for c in connections]))
     for conn in connections:
@@ -183,6 +189,26 @@ def open_bag(path: Path):
     except Exception as err:  # rosbags, sqlite3 and the mcap parser raise many types for damaged files
         raise BagSkipped(f"cannot open the bag ({_short(err)}); it is damaged, truncated or incomplete") from None
     return reader
+
+
+def align_qos(reader, topics=None) -> list[str]:
+    """Use the storage's QoS profiles where metadata.yaml lists others; returns a warning per topic changed.
+
+    rosbags matches metadata connections to storage connections by topic, type and QoS profiles, so a
+    disagreement (recorders of some ROS 2 releases wrote them) makes it read nothing; `ros2 bag play` plays them.
+    """
+    conns = getattr(reader.storage, "connections", None)
+    stored = [c for s in getattr(reader.storage, "storages", []) for c in s.connections]
+    warnings = []
+    for i, conn in enumerate(conns if stored else []):
+        if topics is not None and conn.topic not in topics:
+            continue
+        same = [s for s in stored if s.topic == conn.topic and s.msgtype == conn.msgtype]
+        if same and all(s.ext != conn.ext for s in same):
+            conns[i] = conn._replace(ext=same[0].ext)
+            warnings.append(f"metadata.yaml and the storage file disagree about the QoS profiles of {conn.topic}; "
+                            "used the storage's")
+    return warnings
 
 
 def _short(err: Exception) -> str:
@@ -249,9 +275,9 @@ def read_topics(reader, conns_by_topic: dict[str, list], typestore, image_topics
             data = out[conn.topic]
             if conn.topic in image_topics:
                 # Only the stamp is needed now; the few sampled images are decoded in a second pass.
-                msg = _header_only(typestore, raw, conn.msgtype)
+                msg = _deserialize(conn, raw, lambda: _header_only(typestore, raw, conn.msgtype))
             else:
-                msg = typestore.deserialize_cdr(raw, conn.msgtype)
+                msg = _deserialize(conn, raw, lambda: typestore.deserialize_cdr(raw, conn.msgtype))
             data.receive_ns.append(int(t_ns))
             data.messages.append(msg)
             if progress is not None:
@@ -264,6 +290,16 @@ def read_topics(reader, conns_by_topic: dict[str, list], typestore, image_topics
         if not data.messages:
             raise BagSkipped(explain_empty(reader, topic, conns_by_topic[topic]))
     return out
+
+
+def _deserialize(conn, raw: bytes, parse):
+    """parse(), with a message that does not fit its type definition named as such (not as a damaged file)."""
+    try:
+        return parse()
+    except Exception as err:  # rosbags' SerdeError, or struct/index errors from generated code
+        source = "the definition embedded in the bag" if conn.msgdef.data.strip() else "its definition"
+        raise BagSkipped(f"a message on {conn.topic} does not fit {source} of {conn.msgtype} ({_short(err)}); pass "
+                         "--msg-dir with the right <package>/msg/<Name>.msg to use instead") from None
 
 
 class _Stamped:
@@ -291,7 +327,9 @@ def iter_images(reader, conns: list, typestore, wanted: set[int]):
         for _conn, _t, raw in reader.messages(connections=conns):
             ordinal += 1
             if ordinal in wanted:
-                yield ordinal, typestore.deserialize_cdr(raw, conns[0].msgtype)
+                yield ordinal, _deserialize(conns[0], raw, lambda: typestore.deserialize_cdr(raw, conns[0].msgtype))
+    except BagSkipped:
+        raise
     except Exception as err:
         raise BagSkipped(f"reading images stopped part-way ({_short(err)}); the file is damaged or truncated") from None
 
