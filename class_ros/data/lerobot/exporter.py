@@ -56,7 +56,9 @@ def _features(store, fps: int, codec: str) -> tuple[dict, dict]:
         by_key[key] = name
         if schema.kind == "image":
             h, w, _ = schema.shape
-            features[name] = {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
+            axes = original_names.get(key)  # an imported camera keeps its own spelling ("channel" or "channels")
+            axes = axes if isinstance(axes, list) and axes[:2] == ["height", "width"] else ["height", "width", "channels"]
+            features[name] = {"dtype": "video", "shape": [h, w, 3], "names": axes,
                               "info": {"video.height": h, "video.width": w, "video.codec": codec,
                                        "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
                                        "video.channels": 3, "has_audio": False}}
@@ -122,7 +124,8 @@ class _Files:
 
     def maybe_roll(self) -> None:
         """After an episode: move every stream to the next file if one passed its size limit."""
-        big_video = any(v.path.stat().st_size > self.video_limit for v in self.videos.values())
+        # (an encoder with look-ahead may not have written the file yet)
+        big_video = any(v.path.is_file() and v.path.stat().st_size > self.video_limit for v in self.videos.values())
         if big_video or self.data_bytes > self.data_limit:
             self.close()
             self.chunk, self.file = (self.chunk + 1, 0) if self.file == CHUNKS_SIZE - 1 else (self.chunk, self.file + 1)
