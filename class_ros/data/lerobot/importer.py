@@ -52,7 +52,7 @@ def _plan_keys(src: LeRobotSource, cameras, image_size, skip) -> tuple[dict, dic
         raise ClassRosError(f"--skip names {unknown}, which are not features of the dataset ({sorted(src.features)}).")
     videos = [f for f in src.video_features if f not in skip]
     if cameras:
-        by_cam = {store_key(f)[len("obs/"):]: f for f in videos}
+        by_cam = {store_key(f)[len("obs/"):]: f for f in videos if store_key(f)}
         missing = [c for c in cameras if c not in by_cam]
         if missing:
             raise ClassRosError(f"--cameras {missing} are not in the dataset; its cameras are {sorted(by_cam)}.")
