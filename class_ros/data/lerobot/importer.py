@@ -190,6 +190,17 @@ def import_lerobot(path, out, episodes: str | None = None, cameras=None, image_s
     videos = [f for f, k in mapping.items() if schemas[k].kind == "image"]
     lowdim = [f for f, k in mapping.items() if schemas[k].kind == "low_dim"]
     _check_files(src, plan, videos)
+    rows = _Rows(src, [*lowdim, "timestamp", "frame_index", "episode_index", "task_index"])
+    episode_tasks = []  # and every episode's rows, before anything is written
+    for ep in plan:
+        try:
+            table = rows.episode(ep)
+            _check_rows(table, ep, src.fps, tolerance_s)
+            for f in lowdim:
+                _column(table, f, schemas[mapping[f]].shape[0])
+        except ClassRosError as err:
+            raise ClassRosError(f"episode {ep.index}: {err}") from None
+        episode_tasks.append(_runs(np.asarray(table.column("task_index").to_numpy(zero_copy_only=False))))
 
     action_names = names.get(ACTION) or [f"a{i}" for i in range(schemas[ACTION].shape[0])]
     joint_names = names.get(obs_key(PROPRIO)) or []
@@ -197,11 +208,10 @@ def import_lerobot(path, out, episodes: str | None = None, cameras=None, image_s
     extra = {EXTRA: {"source": str(src.root), "codebase_version": src.version, "robot_type": src.robot_type,
                      "features": {k: f for f, k in mapping.items()},
                      "names": {mapping[f]: src.features[f].names for f in mapping},
-                     "tasks": src.tasks, "episodes": [e.index for e in plan], "episode_tasks": []}}
+                     "tasks": src.tasks, "episodes": [e.index for e in plan], "episode_tasks": episode_tasks}}
     meta = DatasetMeta(control_rate_hz=src.fps, action_names=action_names, action_kind=kind, keys=schemas,
                        source="lerobot", joint_names=joint_names, extra=extra)
 
-    rows = _Rows(src, [*lowdim, "timestamp", "frame_index", "episode_index", "task_index"])
     store = EpisodeStore.create(out, meta, overwrite=overwrite)
     readers: dict[str, VideoReader] = {}  # one open mp4 per camera: v3 files hold their episodes in order
     total = sum(e.length for e in plan) * len(videos)
@@ -225,9 +235,6 @@ def import_lerobot(path, out, episodes: str | None = None, cameras=None, image_s
                         bar.update(1)
                     episode[mapping[f]] = frames
                 store.append_episode(episode)
-                task_index = np.asarray(table.column("task_index").to_numpy(zero_copy_only=False))
-                extra[EXTRA]["episode_tasks"].append(_runs(task_index))
-        store.set_extra(**extra)
     except ClassRosError as err:
         shutil.rmtree(out, ignore_errors=True)  # an import either completes or leaves nothing
         raise ClassRosError(f"episode {ep.index}: {err}") from None
