@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.machine import cpu_info, cpu_line  # noqa: E402 - after the path set-up
+
 EXAMPLE = REPO.parent / "shared" / "realdata" / "lerobot_v3_so101_example"
 
 STEP = r"""
@@ -50,20 +54,14 @@ print(json.dumps({**{k: s[k] for k in ("frames", "psnr_db") if k in s}, "seconds
 
 def step(**args) -> dict:
     """Run one import, export or PSNR comparison in a fresh process; its frames, seconds and peak RSS."""
-    proc = subprocess.run([sys.executable, "-c", STEP, json.dumps(args)], capture_output=True, text=True, cwd=REPO)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", STEP, json.dumps(args)], capture_output=True, text=True, cwd=REPO,
+                          env=env)
     if proc.returncode:
         sys.exit(f"lerobot benchmark: {args['step']} failed:\n{proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["frames_per_s"] = out["frames"] / out["seconds"]
     return out
-
-
-def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((l.split(":", 1)[1].strip() for l in info if l.startswith("model name")), "?")
-    flags = next((l.split(":", 1)[1].split() for l in info if l.startswith("flags")), [])
-    simd = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni") if f in flags]
-    return f"{model}, {sum(l.startswith('processor') for l in info)} cores, {' '.join(simd)}"
 
 
 def main() -> int:
@@ -75,8 +73,8 @@ def main() -> int:
     if not EXAMPLE.is_dir():
         print(f"lerobot benchmark: {EXAMPLE} is not here; skipped.")
         return 0
-    results = {"cpu": cpu(), "runs": []}
-    print(f"CPU: {results['cpu']}")
+    results = {"cpu": cpu_info(), "runs": []}
+    print(cpu_line())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for size in args.sizes:

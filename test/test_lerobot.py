@@ -310,6 +310,21 @@ def test_export_av1_and_refusals(tmp_path):
     assert not (tmp_path / "x").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_image_stats_equal_numpy_over_the_pixels():
+    from class_ros.data.lerobot.stats import QUANTILES, image_stats
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 9, 7, 3), dtype=np.uint8)
+    frames[..., 1] = rng.integers(100, 110, (5, 9, 7))  # few levels: interpolation between repeated values
+    got = image_stats(frames)
+    pixels = frames.reshape(-1, 3).astype(np.float64) / 255
+    want = {"min": pixels.min(0), "max": pixels.max(0), "mean": pixels.mean(0), "std": pixels.std(0),
+            **{k: np.quantile(pixels, q, axis=0) for k, q in QUANTILES.items()}}
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k].reshape(3), v, rtol=0, atol=1e-12, err_msg=k)
+    assert got["count"].tolist() == [5]
+
+
 # ------------------------------------------------------------------ the real SO-101 dataset
 def _so101_rows(root: Path, episodes) -> dict:
     table = pq.read_table(root / "data/chunk-000/file-000.parquet").to_pydict()

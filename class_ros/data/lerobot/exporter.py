@@ -193,7 +193,7 @@ def export_lerobot(dataset, out, fps: int | None = None, codec: str = "h264", cr
                 task_index = np.zeros(T, np.int64)
                 for first, t in runs[e]:
                     task_index[offsets >= first] = t
-                columns = {by_key[k]: store.read(k, frames).astype(np.float32) for k in lowdim}
+                columns = {by_key[k]: _span(store, k, frames).astype(np.float32) for k in lowdim}
                 columns.update(timestamp=(np.arange(T) / fps).astype(np.float32), frame_index=np.arange(T),
                                episode_index=np.full(T, e), index=np.arange(index, index + T), task_index=task_index)
                 stats = {name: vector_stats(v.reshape(T, -1)) for name, v in columns.items()}
@@ -205,7 +205,7 @@ def export_lerobot(dataset, out, fps: int | None = None, codec: str = "h264", cr
                     writer = files.video(feature)
                     sample, thumbs = set(image_sample(T).tolist()), []
                     for b in range(0, T, BLOCK):
-                        block = store.read(key, frames[b: b + BLOCK])
+                        block = _span(store, key, frames[b: b + BLOCK])
                         for i, img in enumerate(block, b):
                             writer.write(img)
                             if i in sample:
@@ -250,6 +250,12 @@ def export_lerobot(dataset, out, fps: int | None = None, codec: str = "h264", cr
     print(f"export-lerobot: {store.n_episodes} episodes, {index} frames ({CODEBASE_VERSION}, {fps} fps, {codec}) "
           f"written to {out}")
     return summary
+
+
+def _span(store, key: str, frames: np.ndarray) -> np.ndarray:
+    """Evenly spaced frames of `key`, read as one contiguous slice (far faster than a fancy-index read)."""
+    step = int(frames[1] - frames[0]) if len(frames) > 1 else 1
+    return np.asarray(store.array(key)[int(frames[0]): int(frames[-1]) + 1])[::step]
 
 
 def _arrow(values: np.ndarray, type_):
