@@ -34,10 +34,10 @@ def _level(frame: int) -> int:
     return 20 + (12 * frame) % 216
 
 
-def _mp4(path: Path, levels, size=(32, 48), fps=FPS, gop=12) -> None:
+def _mp4(path: Path, levels, size=(32, 48), fps=FPS, gop=12, faststart=False) -> None:
     """Flat grey frames through libx264 with B-frames (decode order differs from presentation order)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream("libx264", rate=Fraction(fps), options={"g": str(gop), "bf": "2", "crf": "18"})
         stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
         for i, level in enumerate(levels):
@@ -208,6 +208,11 @@ def test_bad_inputs_are_one_sentence(tmp_path):
     data = (bad / mp4).read_bytes()
     (bad / mp4).write_bytes(data[: len(data) // 2])
     _refused(bad, out, r"cannot be opened .*damaged or truncated")
+    bad = copy("cut")  # the index up front (faststart) survives the cut: found while decoding episode 1, after
+    _mp4(bad / mp4, [_level(i) for i in range(16)], faststart=True)  # episode 0 was written; nothing is left
+    data = (bad / mp4).read_bytes()
+    (bad / mp4).write_bytes(data[: int(len(data) * 0.95)])
+    _refused(bad, out, r"episode 1: video .* ends before 1.0000 s, where the table has a frame; the video is shorter")
     bad = copy("short")
     _mp4(bad / mp4, [_level(i) for i in range(10)])  # 10 frames; the table needs 2 + 14
     _refused(bad, out, r"episode 1: video .* lasts 1.000 s but the table has a frame at 1.500 s; the video is shorter")

@@ -84,8 +84,9 @@ class VideoReader:
         try:
             frame = next(self._frames, None)
         except _av_error() as err:
-            raise ClassRosError(f"video {self.path} cannot be decoded after {last or 0:.3f} s ({err.strerror or err}); "
-                                "the file is damaged or truncated.") from None
+            after = f" after {last:.3f} s" if last is not None else ""
+            raise ClassRosError(f"video {self.path} cannot be decoded{after} ({err.strerror or err}); the file is "
+                                "damaged or truncated.") from None
         if frame is None:
             self._cur = None
             return
