@@ -328,6 +328,9 @@ def test_image_stats_equal_numpy_over_the_pixels():
     for k, v in want.items():
         np.testing.assert_allclose(got[k].reshape(3), v, rtol=0, atol=1e-12, err_msg=k)
     assert got["count"].tolist() == [5]
+    from class_ros.data.lerobot.stats import thumbnail
+    thumb = thumbnail(np.zeros((360, 640, 3), np.uint8))
+    assert thumb.shape == (90, 160, 3) and thumb.base is None  # a view would pin the exporter's block of frames
 
 
 # ------------------------------------------------------------------ the real SO-101 dataset

@@ -34,7 +34,7 @@ def thumbnail(img: np.ndarray) -> np.ndarray:
     """(H, W, 3) -> every k-th pixel so the long side is about 150 (images up to 300 pixels are kept whole)."""
     side = max(img.shape[:2])
     k = side // 150 if side > 300 else 1
-    return img[::k, ::k]
+    return img[::k, ::k].copy()  # a copy: a view would keep the whole block of frames it came from alive
 
 
 def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
