@@ -152,9 +152,7 @@ def export_lerobot(dataset, out, fps: int | None = None, codec: str = "h264", cr
                    robot_type: str | None = None, overwrite: bool = False, video_file_mb: float = 500,
                    data_file_mb: float = 100) -> dict:
     """Write the dataset store at `dataset` as a LeRobot v3.0 dataset at `out`; returns a summary dict."""
-    import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from class_ros.data.store import EpisodeStore
@@ -171,75 +169,30 @@ def export_lerobot(dataset, out, fps: int | None = None, codec: str = "h264", cr
     features, by_key = _features(store, fps, codec)
     tasks, runs = _tasks(store, task)
     lr = meta.extra.get(EXTRA, {}) if isinstance(meta.extra.get(EXTRA), dict) else {}
-    lowdim = [*meta.low_dim_keys, ACTION]
-    schema = pa.schema([pa.field(by_key[k], pa.list_(pa.float32(), meta.keys[k].shape[0])) for k in lowdim]
+    schema = pa.schema([pa.field(by_key[k], pa.list_(pa.float32(), meta.keys[k].shape[0]))
+                        for k in [*meta.low_dim_keys, ACTION]]
                        + [pa.field(n, pa.float32() if n == "timestamp" else pa.int64()) for n in INDEX_FEATURES],
                        metadata={"huggingface": _hf_metadata(features)})
     cameras = {by_key[k]: meta.keys[k].shape[:2] for k in meta.image_keys}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     files = _Files(tmp, cameras, fps, codec, crf, schema, int(video_file_mb * MB), int(data_file_mb * MB))
-    starts, ends = store.episode_starts, store.episode_ends
-    lengths = [len(range(int(s), int(e), step)) for s, e in zip(starts, ends)]
+    spans = [np.arange(int(s), int(e), step) for s, e in zip(store.episode_starts, store.episode_ends)]
     rows, per_episode, index = [], [], 0
-    video_time = {f: 0 for f in cameras}  # frames already in each camera's current file
     try:
-        with tqdm(total=sum(lengths) * len(cameras), desc="export-lerobot", unit="frame", leave=False) as bar:
-            for e in range(store.n_episodes):
-                frames = np.arange(int(starts[e]), int(ends[e]), step)
-                T = len(frames)
-                chunk, file = files.chunk, files.file
-                offsets = frames - frames[0]
-                task_index = np.zeros(T, np.int64)
-                for first, t in runs[e]:
-                    task_index[offsets >= first] = t
-                columns = {by_key[k]: _span(store, k, frames).astype(np.float32) for k in lowdim}
-                columns.update(timestamp=(np.arange(T) / fps).astype(np.float32), frame_index=np.arange(T),
-                               episode_index=np.full(T, e), index=np.arange(index, index + T), task_index=task_index)
-                stats = {name: vector_stats(v.reshape(T, -1)) for name, v in columns.items()}
-                row = {"episode_index": e, "tasks": [tasks[t] for t in dict.fromkeys(task_index.tolist())],
-                       "length": T, "data/chunk_index": chunk, "data/file_index": file,
-                       "dataset_from_index": index, "dataset_to_index": index + T}
-                for key in meta.image_keys:
-                    feature = by_key[key]
-                    writer = files.video(feature)
-                    sample, thumbs = set(image_sample(T).tolist()), []
-                    for b in range(0, T, BLOCK):
-                        block = _span(store, key, frames[b: b + BLOCK])
-                        for i, img in enumerate(block, b):
-                            writer.write(img)
-                            if i in sample:
-                                thumbs.append(thumbnail(img))
-                        bar.update(len(block))
-                    stats[feature] = image_stats(np.stack(thumbs))
-                    row.update({f"videos/{feature}/chunk_index": chunk, f"videos/{feature}/file_index": file,
-                                f"videos/{feature}/from_timestamp": video_time[feature] / fps,
-                                f"videos/{feature}/to_timestamp": (video_time[feature] + T) / fps})
-                    video_time[feature] += T
-                files.write_rows(pa.table({n: _arrow(v, schema.field(n).type) for n, v in columns.items()},
-                                          schema=schema))
-                for feature, s in stats.items():
-                    row.update({f"stats/{feature}/{k}": v for k, v in to_json(s).items()})
-                row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        with tqdm(total=sum(map(len, spans)) * len(cameras), desc="export-lerobot", unit="frame", leave=False) as bar:
+            for e, frames in enumerate(spans):
+                row, stats = _write_episode(store, files, e, frames, index, runs[e], tasks, by_key, bar)
                 rows.append(row)
                 per_episode.append(stats)
-                index += T
-                files.maybe_roll()
-                if files.chunk != chunk or files.file != file:
-                    video_time = {f: 0 for f in cameras}
+                index += len(frames)
         files.close()
-        (tmp / EPISODES_PATH).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), tmp / EPISODES_PATH, compression="snappy")
-        pd.DataFrame({"task_index": np.arange(len(tasks))}, index=pd.Index(tasks)).to_parquet(
-            tmp / "meta" / "tasks.parquet")
-        dataset_stats = {name: to_json(aggregate([s[name] for s in per_episode])) for name in per_episode[0]}
-        (tmp / "meta" / "stats.json").write_text(json.dumps(dataset_stats, indent=4))
         info = {"codebase_version": CODEBASE_VERSION, "robot_type": robot_type or lr.get("robot_type"),
                 "total_episodes": store.n_episodes, "total_frames": index, "total_tasks": len(tasks),
                 "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": data_file_mb,
                 "video_files_size_in_mb": video_file_mb, "fps": fps, "splits": {"train": f"0:{store.n_episodes}"},
                 "data_path": DATA_PATH, "video_path": VIDEO_PATH, "features": features}
-        (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+        _write_meta(tmp, info, rows, tasks, per_episode)
         _replace(tmp, out)
     except BaseException:
         files.close()
@@ -250,6 +203,62 @@ def export_lerobot(dataset, out, fps: int | None = None, codec: str = "h264", cr
     print(f"export-lerobot: {store.n_episodes} episodes, {index} frames ({CODEBASE_VERSION}, {fps} fps, {codec}) "
           f"written to {out}")
     return summary
+
+
+def _write_episode(store, files: _Files, e: int, frames: np.ndarray, index: int, runs: list, tasks: list[str],
+                   by_key: dict, bar) -> tuple[dict, dict]:
+    """Append episode `e` (store frames `frames`) to the current files; its episodes-table row and its statistics."""
+    import pyarrow as pa
+
+    meta, T = store.meta, len(frames)
+    task_index = np.zeros(T, np.int64)
+    for first, t in runs:  # [[first frame, task index], ...] in the store's frames
+        task_index[frames - frames[0] >= first] = t
+    columns = {by_key[k]: _span(store, k, frames).astype(np.float32) for k in [*meta.low_dim_keys, ACTION]}
+    columns.update(timestamp=(np.arange(T) / files.fps).astype(np.float32), frame_index=np.arange(T),
+                   episode_index=np.full(T, e), index=np.arange(index, index + T), task_index=task_index)
+    stats = {name: vector_stats(v.reshape(T, -1)) for name, v in columns.items()}
+    row = {"episode_index": e, "tasks": [tasks[t] for t in dict.fromkeys(task_index.tolist())], "length": T,
+           "data/chunk_index": files.chunk, "data/file_index": files.file,
+           "dataset_from_index": index, "dataset_to_index": index + T}
+    for key in meta.image_keys:
+        feature = by_key[key]
+        writer = files.video(feature)
+        first = writer.frames  # this episode's first frame in the camera's current file
+        sample, thumbs = set(image_sample(T).tolist()), []
+        for b in range(0, T, BLOCK):
+            block = _span(store, key, frames[b: b + BLOCK])
+            for i, img in enumerate(block, b):
+                writer.write(img)
+                if i in sample:
+                    thumbs.append(thumbnail(img))
+            bar.update(len(block))
+        stats[feature] = image_stats(np.stack(thumbs))
+        row.update({f"videos/{feature}/chunk_index": files.chunk, f"videos/{feature}/file_index": files.file,
+                    f"videos/{feature}/from_timestamp": first / files.fps,
+                    f"videos/{feature}/to_timestamp": writer.frames / files.fps})
+    files.write_rows(pa.table({n: _arrow(v, files.schema.field(n).type) for n, v in columns.items()},
+                              schema=files.schema))
+    for feature, s in stats.items():
+        row.update({f"stats/{feature}/{k}": v for k, v in to_json(s).items()})
+    row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+    files.maybe_roll()
+    return row, stats
+
+
+def _write_meta(root: Path, info: dict, rows: list[dict], tasks: list[str], per_episode: list[dict]) -> None:
+    """meta/: the episodes table, tasks, dataset statistics and (last) info.json."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / EPISODES_PATH).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), root / EPISODES_PATH, compression="snappy")
+    # LeRobot reads tasks.parquet with pandas: the task strings are the index, task_index the column
+    pd.DataFrame({"task_index": np.arange(len(tasks))}, index=pd.Index(tasks)).to_parquet(root / "meta/tasks.parquet")
+    stats = {name: to_json(aggregate([s[name] for s in per_episode])) for name in per_episode[0]}
+    (root / "meta/stats.json").write_text(json.dumps(stats, indent=4))
+    (root / "meta/info.json").write_text(json.dumps(info, indent=4))
 
 
 def _span(store, key: str, frames: np.ndarray) -> np.ndarray:
