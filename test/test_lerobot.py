@@ -223,13 +223,17 @@ def test_bad_inputs_are_one_sentence(tmp_path):
     _edit_info(bad, features={"observation.language": {"dtype": "string", "shape": [1], "names": None}})
     _refused(bad, out, r"feature 'observation.language' \(dtype string, shape \[1\]\) cannot be mapped.*--skip")
     import_lerobot(bad, out, skip=["observation.language"])  # what the message says to do works
+    shutil.rmtree(out)
+    bad = copy("twice")
+    _edit_info(bad, features={"observation.joint_pos": {"dtype": "float32", "shape": [3], "names": None}})
+    _refused(bad, out, r"features 'observation.state' and 'observation.joint_pos' would both become 'obs/joint_pos'")
     bad = copy("shifted")  # the table says episode 1 starts half a frame later than its video frames
     eps = pq.read_table(bad / "meta/episodes/chunk-000/file-000.parquet").to_pydict()
     eps["videos/observation.images.cam/from_timestamp"][1] += 0.05
     pq.write_table(pa.table(eps), bad / "meta/episodes/chunk-000/file-000.parquet")
-    _refused(bad, tmp_path / "ds2", r"episode 1: video .* has no frame within 0.0001 s of 1.0500 s")
+    _refused(bad, out, r"episode 1: video .* has no frame within 0.0001 s of 1.0500 s")
     (tmp_path / "plain").mkdir()
-    _refused(tmp_path / "plain", tmp_path / "ds2", r"is not a LeRobot dataset: it has no meta/info.json")
+    _refused(tmp_path / "plain", out, r"is not a LeRobot dataset: it has no meta/info.json")
 
 
 def test_cli_error_is_one_line(tmp_path, capsys):
@@ -394,3 +398,15 @@ def test_so101_round_trip(realdata, tmp_path):
         assert {f.name: f.type for f in real} == {f.name: f.type for f in ours}, rel
     assert set(json.loads((root / "meta/stats.json").read_text())) == \
         set(json.loads((tmp_path / "lr/meta/stats.json").read_text()))
+
+
+def test_feature_names_map_both_ways():
+    from class_ros.data.lerobot.names import flat_names, lerobot_feature, store_key
+
+    pairs = {"observation.images.wrist": ("obs/wrist", "image"), "observation.state": ("obs/joint_pos", "low_dim"),
+             "observation.environment_state": ("obs/environment_state", "low_dim"), "action": ("action", "low_dim")}
+    for feature, (key, kind) in pairs.items():
+        assert store_key(feature) == key and lerobot_feature(key, kind) == feature
+    assert store_key("observation.image") == "obs/image" and store_key("next.reward") is None
+    assert flat_names({"motors": ["a", "b"], "gripper": ["g"]}, 3) == ["a", "b", "g"]
+    assert flat_names(["a", "b"], 3) is None and flat_names(None, 2) is None

@@ -75,6 +75,9 @@ def _plan_keys(src: LeRobotSource, cameras, image_size, skip) -> tuple[dict, dic
             raise ClassRosError(f"feature {name!r} (dtype {ft.dtype}, shape {list(ft.shape)}) cannot be mapped to a "
                                 "class_ros key (images must be videos, numbers one-dimensional); leave it out with "
                                 f"--skip {name}.")
+        if key in mapping.values():
+            other = next(f for f, k in mapping.items() if k == key)
+            raise ClassRosError(f"features {other!r} and {name!r} would both become {key!r}; leave one out with --skip.")
         mapping[name] = key
     if ACTION not in schemas:
         raise ClassRosError(f"{src.root} has no `action` feature; class_ros learns from actions.")

@@ -50,9 +50,9 @@ def lerobot_feature(key: str, kind: str) -> str:
 
 
 def flat_names(names, dim: int) -> list[str] | None:
-    """LeRobot's per-dimension names (a list, or a dict holding one list such as {"motors": [...]}) as a list."""
-    if isinstance(names, dict) and len(names) == 1:
-        names = next(iter(names.values()))
+    """LeRobot's per-dimension names as one list: a list, or a dict of lists ({"motors": [...]}) joined in order."""
+    if isinstance(names, dict) and all(isinstance(v, list) for v in names.values()):
+        names = [n for v in names.values() for n in v]
     if isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names):
         return list(names)
     return None
