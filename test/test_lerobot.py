@@ -220,9 +220,11 @@ def test_bad_inputs_are_one_sentence(tmp_path):
     (bad / mp4).write_bytes((good / mp4).read_bytes().replace(b"avc1", b"zzzz"))
     _refused(bad, out, r"uses a codec that PyAV cannot decode")
     bad = copy("feature")
-    _edit_info(bad, features={"observation.language": {"dtype": "string", "shape": [1], "names": None}})
-    _refused(bad, out, r"feature 'observation.language' \(dtype string, shape \[1\]\) cannot be mapped.*--skip")
-    import_lerobot(bad, out, skip=["observation.language"])  # what the message says to do works
+    _edit_info(bad, features={"observation.language": {"dtype": "string", "shape": [1], "names": None},
+                              "next.reward": {"dtype": "float32", "shape": [1], "names": None}})
+    _refused(bad, out, r"features 'observation.language' \(string \[1\]\), 'next.reward' \(float32 \[1\]\) cannot be "
+                       r"mapped .*; leave them out with --skip observation.language next.reward\.")
+    import_lerobot(bad, out, skip=["observation.language", "next.reward"])  # what the message says to do works
     shutil.rmtree(out)
     bad = copy("twice")
     _edit_info(bad, features={"observation.joint_pos": {"dtype": "float32", "shape": [3], "names": None}})

@@ -57,28 +57,28 @@ def _plan_keys(src: LeRobotSource, cameras, image_size, skip) -> tuple[dict, dic
         if missing:
             raise ClassRosError(f"--cameras {missing} are not in the dataset; its cameras are {sorted(by_cam)}.")
         skip |= {f for c, f in by_cam.items() if c not in cameras}
-    mapping, schemas, names = {}, {}, {}
+    mapping, schemas, names, unmapped = {}, {}, {}, []
     for name, ft in src.features.items():
         if name in INDEX_FEATURES or name in skip:
             continue
         key = store_key(name)
-        if ft.dtype == VIDEO:
-            if key is None or len(ft.shape) != 3:
-                raise ClassRosError(f"video feature {name!r} (shape {list(ft.shape)}) has no place in a class_ros "
-                                    "dataset; leave it out with --skip.")
+        if ft.dtype == VIDEO and key is not None and len(ft.shape) == 3:
             hw = tuple(image_size) if image_size else _video_hw(ft)
             schemas[key] = KeySchema("uint8", (*hw, 3), "image")
         elif ft.dtype in NUMERIC and len(ft.shape) == 1 and key is not None:
             schemas[key] = KeySchema("float32", ft.shape, "low_dim")
             names[key] = flat_names(ft.names, ft.shape[0])
         else:
-            raise ClassRosError(f"feature {name!r} (dtype {ft.dtype}, shape {list(ft.shape)}) cannot be mapped to a "
-                                "class_ros key (images must be videos, numbers one-dimensional); leave it out with "
-                                f"--skip {name}.")
+            unmapped.append((name, f"{name!r} ({ft.dtype} {list(ft.shape)})"))
+            continue
         if key in mapping.values():
             other = next(f for f, k in mapping.items() if k == key)
             raise ClassRosError(f"features {other!r} and {name!r} would both become {key!r}; leave one out with --skip.")
         mapping[name] = key
+    if unmapped:
+        raise ClassRosError(f"features {', '.join(d for _, d in unmapped)} cannot be mapped to class_ros keys (cameras "
+                            "must be observation.images.* videos, other observations and action one-dimensional "
+                            f"numbers); leave them out with --skip {' '.join(n for n, _ in unmapped)}.")
     if ACTION not in schemas:
         raise ClassRosError(f"{src.root} has no `action` feature; class_ros learns from actions.")
     if not any(s.kind == "image" for s in schemas.values()):
