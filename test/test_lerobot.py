@@ -412,3 +412,19 @@ def test_feature_names_map_both_ways():
     assert store_key("observation.image") == "obs/image" and store_key("next.reward") is None
     assert flat_names({"motors": ["a", "b"], "gripper": ["g"]}, 3) == ["a", "b", "g"]
     assert flat_names(["a", "b"], 3) is None and flat_names(None, 2) is None
+
+
+def test_state_only_dataset_both_ways(tmp_path):
+    names = ["x", "y"]
+    meta = DatasetMeta(control_rate_hz=10, action_names=names, joint_names=names,
+                       keys={"obs/joint_pos": KeySchema("float32", (2,)), "action": KeySchema("float32", (2,))})
+    store = EpisodeStore.create(tmp_path / "ds", meta)
+    q = np.arange(12, dtype=np.float32).reshape(6, 2) / 4
+    store.append_episode({"obs/joint_pos": q, "action": q + 1})
+    export_lerobot(tmp_path / "ds", tmp_path / "lr")
+    info = json.loads((tmp_path / "lr/meta/info.json").read_text())
+    assert info["video_path"] is None and not (tmp_path / "lr/videos").exists()
+    import_lerobot(tmp_path / "lr", tmp_path / "back")
+    back = EpisodeStore.open(tmp_path / "back")
+    assert back.keys == ["action", "obs/joint_pos"]
+    np.testing.assert_array_equal(np.asarray(back.array("action")), q + 1)

@@ -163,8 +163,6 @@ def export_lerobot(dataset, out, fps: int | None = None, codec: str = "h264", cr
     meta = store.meta
     if store.n_episodes == 0:
         raise ClassRosError(f"{store.path} holds no episodes.")
-    if not meta.image_keys:
-        raise ClassRosError(f"{store.path} has no camera; a LeRobot dataset for policy training needs one.")
     fps, step = _fps(meta.control_rate_hz, fps)
     features, by_key = _features(store, fps, codec)
     tasks, runs = _tasks(store, task)
@@ -180,7 +178,8 @@ def export_lerobot(dataset, out, fps: int | None = None, codec: str = "h264", cr
     spans = [np.arange(int(s), int(e), step) for s, e in zip(store.episode_starts, store.episode_ends)]
     rows, per_episode, index = [], [], 0
     try:
-        with tqdm(total=sum(map(len, spans)) * len(cameras), desc="export-lerobot", unit="frame", leave=False) as bar:
+        total = sum(map(len, spans)) * max(1, len(cameras))
+        with tqdm(total=total, desc="export-lerobot", unit="frame", leave=False) as bar:
             for e, frames in enumerate(spans):
                 row, stats = _write_episode(store, files, e, frames, index, runs[e], tasks, by_key, bar)
                 rows.append(row)
@@ -191,7 +190,7 @@ def export_lerobot(dataset, out, fps: int | None = None, codec: str = "h264", cr
                 "total_episodes": store.n_episodes, "total_frames": index, "total_tasks": len(tasks),
                 "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": data_file_mb,
                 "video_files_size_in_mb": video_file_mb, "fps": fps, "splits": {"train": f"0:{store.n_episodes}"},
-                "data_path": DATA_PATH, "video_path": VIDEO_PATH, "features": features}
+                "data_path": DATA_PATH, "video_path": VIDEO_PATH if cameras else None, "features": features}
         _write_meta(tmp, info, rows, tasks, per_episode)
         _replace(tmp, out)
     except BaseException:
@@ -237,6 +236,8 @@ def _write_episode(store, files: _Files, e: int, frames: np.ndarray, index: int,
         row.update({f"videos/{feature}/chunk_index": files.chunk, f"videos/{feature}/file_index": files.file,
                     f"videos/{feature}/from_timestamp": first / files.fps,
                     f"videos/{feature}/to_timestamp": writer.frames / files.fps})
+    if not meta.image_keys:
+        bar.update(T)
     files.write_rows(pa.table({n: _arrow(v, files.schema.field(n).type) for n, v in columns.items()},
                               schema=files.schema))
     for feature, s in stats.items():

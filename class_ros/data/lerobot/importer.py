@@ -81,8 +81,6 @@ def _plan_keys(src: LeRobotSource, cameras, image_size, skip) -> tuple[dict, dic
                             f"numbers); leave them out with --skip {' '.join(n for n, _ in unmapped)}.")
     if ACTION not in schemas:
         raise ClassRosError(f"{src.root} has no `action` feature; class_ros learns from actions.")
-    if not any(s.kind == "image" for s in schemas.values()):
-        raise ClassRosError(f"{src.root} has no camera left to import (video features: {src.video_features}).")
     return mapping, schemas, names
 
 
@@ -217,7 +215,7 @@ def import_lerobot(path, out, episodes: str | None = None, cameras=None, image_s
 
     store = EpisodeStore.create(out, meta, overwrite=overwrite)
     readers: dict[str, VideoReader] = {}  # one open mp4 per camera: v3 files hold their episodes in order
-    total = sum(e.length for e in plan) * len(videos)
+    total = sum(e.length for e in plan) * max(1, len(videos))  # frames per camera (or per episode, without one)
     ep = plan[0]
     try:
         with tqdm(total=total, desc="import-lerobot", unit="frame", leave=False) as bar:
@@ -238,6 +236,8 @@ def import_lerobot(path, out, episodes: str | None = None, cameras=None, image_s
                         bar.update(1)
                     episode[mapping[f]] = frames
                 store.append_episode(episode)
+                if not videos:
+                    bar.update(ep.length)
     except ClassRosError as err:
         shutil.rmtree(out, ignore_errors=True)  # an import either completes or leaves nothing
         raise ClassRosError(f"episode {ep.index}: {err}") from None
