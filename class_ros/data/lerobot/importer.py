@@ -15,7 +15,7 @@ import numpy as np
 
 from class_ros.data.lerobot.layout import VIDEO, EpisodeRef, LeRobotSource, read_source, read_table
 from class_ros.data.lerobot.names import EXTRA, INDEX_FEATURES, PROPRIO, flat_names, store_key
-from class_ros.data.schema import ACTION, DatasetMeta, KeySchema, obs_key
+from class_ros.data.schema import ACTION, OBS_PREFIX, DatasetMeta, KeySchema, obs_key
 from class_ros.errors import ClassRosError
 
 DEFAULT_TOLERANCE_S = 1e-4  # LeRobotDataset's own default for matching timestamps to video frames
@@ -52,7 +52,7 @@ def _plan_keys(src: LeRobotSource, cameras, image_size, skip) -> tuple[dict, dic
         raise ClassRosError(f"--skip names {unknown}, which are not features of the dataset ({sorted(src.features)}).")
     videos = [f for f in src.video_features if f not in skip]
     if cameras:
-        by_cam = {store_key(f)[len("obs/"):]: f for f in videos if store_key(f)}
+        by_cam = {store_key(f)[len(OBS_PREFIX):]: f for f in videos if store_key(f)}
         missing = [c for c in cameras if c not in by_cam]
         if missing:
             raise ClassRosError(f"--cameras {missing} are not in the dataset; its cameras are {sorted(by_cam)}.")
