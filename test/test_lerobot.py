@@ -428,3 +428,20 @@ def test_state_only_dataset_both_ways(tmp_path):
     back = EpisodeStore.open(tmp_path / "back")
     assert back.keys == ["action", "obs/joint_pos"]
     np.testing.assert_array_equal(np.asarray(back.array("action")), q + 1)
+
+
+def test_import_image_features_stored_in_the_parquet(tmp_path):
+    root = _write_v3(tmp_path / "lr")  # add a second camera recorded without video: PNG bytes in the table
+    table = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    pngs = [cv2.imencode(".png", np.full((8, 10, 3), (i, 2 * i, 3 * i), np.uint8))[1].tobytes() for i in range(14)]
+    struct = pa.array([{"bytes": b, "path": None} for b in pngs],
+                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(table.append_column("observation.images.side", struct), root / "data/chunk-000/file-000.parquet")
+    _edit_info(root, features={"observation.images.side": {"dtype": "image", "shape": [8, 10, 3],
+                                                           "names": ["height", "width", "channel"]}})
+    import_lerobot(root, tmp_path / "ds", cameras=["side"])
+    store = EpisodeStore.open(tmp_path / "ds")
+    assert store.keys == ["action", "obs/joint_pos", "obs/side"]
+    side = np.asarray(store.array("obs/side"))
+    # PNG is lossless; imencode took the tuple as BGR, so RGB comes back reversed
+    np.testing.assert_array_equal(side[:, 0, 0], [[3 * i, 2 * i, i] for i in range(14)])

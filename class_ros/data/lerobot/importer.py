@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from class_ros.data.lerobot.layout import VIDEO, EpisodeRef, LeRobotSource, read_source, read_table
+from class_ros.data.lerobot.layout import IMAGE, VIDEO, EpisodeRef, LeRobotSource, read_source, read_table
 from class_ros.data.lerobot.names import EXTRA, INDEX_FEATURES, PROPRIO, flat_names, store_key
 from class_ros.data.schema import ACTION, OBS_PREFIX, DatasetMeta, KeySchema, obs_key
 from class_ros.errors import ClassRosError
@@ -50,7 +50,7 @@ def _plan_keys(src: LeRobotSource, cameras, image_size, skip) -> tuple[dict, dic
     unknown = sorted(skip - set(src.features))
     if unknown:
         raise ClassRosError(f"--skip names {unknown}, which are not features of the dataset ({sorted(src.features)}).")
-    videos = [f for f in src.video_features if f not in skip]
+    videos = [f for f, ft in src.features.items() if ft.dtype in (VIDEO, IMAGE) and f not in skip]
     if cameras:
         by_cam = {store_key(f)[len(OBS_PREFIX):]: f for f in videos if store_key(f)}
         missing = [c for c in cameras if c not in by_cam]
@@ -62,7 +62,7 @@ def _plan_keys(src: LeRobotSource, cameras, image_size, skip) -> tuple[dict, dic
         if name in INDEX_FEATURES or name in skip:
             continue
         key = store_key(name)
-        if ft.dtype == VIDEO and key is not None and len(ft.shape) == 3:
+        if ft.dtype in (VIDEO, IMAGE) and key is not None and len(ft.shape) == 3:
             hw = tuple(image_size) if image_size else _video_hw(ft)
             schemas[key] = KeySchema("uint8", (*hw, 3), "image")
         elif ft.dtype in NUMERIC and len(ft.shape) == 1 and key is not None:
@@ -76,9 +76,9 @@ def _plan_keys(src: LeRobotSource, cameras, image_size, skip) -> tuple[dict, dic
             raise ClassRosError(f"features {other!r} and {name!r} would both become {key!r}; leave one out with --skip.")
         mapping[name] = key
     if unmapped:
-        raise ClassRosError(f"features {', '.join(d for _, d in unmapped)} cannot be mapped to class_ros keys (cameras "
-                            "must be observation.images.* videos, other observations and action one-dimensional "
-                            f"numbers); leave them out with --skip {' '.join(n for n, _ in unmapped)}.")
+        raise ClassRosError(f"features {', '.join(d for _, d in unmapped)} cannot be mapped to class_ros keys "
+                            "(cameras must be observation.images.* videos or images, other observations and action "
+                            f"one-dimensional numbers); leave them out with --skip {' '.join(n for n, _ in unmapped)}.")
     if ACTION not in schemas:
         raise ClassRosError(f"{src.root} has no `action` feature; class_ros learns from actions.")
     return mapping, schemas, names
@@ -129,6 +129,21 @@ class _Rows:
         rows = self.table.take(np.flatnonzero(self.episode_index == ep.index))
         order = np.argsort(np.asarray(rows.column("frame_index").to_numpy(zero_copy_only=False)), kind="stable")
         return rows.take(order)
+
+
+def _pictures(table, name: str, size) -> np.ndarray:
+    """(T, H, W, 3) uint8 from an `image` column (LeRobot stores each frame as {bytes, path}, the bytes PNG)."""
+    from class_ros.data.images import decode_compressed, preprocess
+
+    col = table.column(name).combine_chunks()
+    if not hasattr(col, "field"):
+        raise ClassRosError(f"column {name!r} is not LeRobot's image struct of bytes and path.")
+    out = np.empty((len(col), *size, 3), np.uint8)
+    for i, data in enumerate(col.field("bytes").to_pylist()):
+        if not data:
+            raise ClassRosError(f"column {name!r} frame {i} holds no image bytes (a path outside the parquet?).")
+        out[i] = preprocess(decode_compressed("png", data, topic=name), size)
+    return out
 
 
 def _check_rows(rows, ep: EpisodeRef, fps: float, tol: float) -> np.ndarray:
@@ -188,10 +203,11 @@ def import_lerobot(path, out, episodes: str | None = None, cameras=None, image_s
     mapping, schemas, names = _plan_keys(src, cameras, image_size, skip)
     chosen = parse_episodes(episodes, [e.index for e in src.episodes])
     plan = [e for e in src.episodes if e.index in set(chosen)]
-    videos = [f for f, k in mapping.items() if schemas[k].kind == "image"]
+    videos = [f for f in mapping if src.features[f].dtype == VIDEO]
+    pictures = [f for f in mapping if src.features[f].dtype == IMAGE]  # PNG / JPEG bytes inside the data parquet
     lowdim = [f for f, k in mapping.items() if schemas[k].kind == "low_dim"]
     _check_files(src, plan, videos)
-    rows = _Rows(src, [*lowdim, "timestamp", "frame_index", "episode_index", "task_index"])
+    rows = _Rows(src, [*lowdim, *pictures, "timestamp", "frame_index", "episode_index", "task_index"])
     episode_tasks = []  # and every episode's rows, before anything is written
     for ep in plan:
         try:
@@ -215,7 +231,7 @@ def import_lerobot(path, out, episodes: str | None = None, cameras=None, image_s
 
     store = EpisodeStore.create(out, meta, overwrite=overwrite)
     readers: dict[str, VideoReader] = {}  # one open mp4 per camera: v3 files hold their episodes in order
-    total = sum(e.length for e in plan) * max(1, len(videos))  # frames per camera (or per episode, without one)
+    total = sum(e.length for e in plan) * max(1, len(videos) + len(pictures))  # frames per camera (or per episode, without one)
     ep = plan[0]
     try:
         with tqdm(total=total, desc="import-lerobot", unit="frame", leave=False) as bar:
@@ -223,6 +239,9 @@ def import_lerobot(path, out, episodes: str | None = None, cameras=None, image_s
                 table = rows.episode(ep)
                 ts = _check_rows(table, ep, src.fps, tolerance_s)
                 episode = {mapping[f]: _column(table, f, schemas[mapping[f]].shape[0]) for f in lowdim}
+                for f in pictures:
+                    episode[mapping[f]] = _pictures(table, f, schemas[mapping[f]].shape[:2])
+                    bar.update(ep.length)
                 for f in videos:
                     mp4, start = ep.videos[f]
                     if f not in readers or readers[f].path != mp4:
@@ -236,7 +255,7 @@ def import_lerobot(path, out, episodes: str | None = None, cameras=None, image_s
                         bar.update(1)
                     episode[mapping[f]] = frames
                 store.append_episode(episode)
-                if not videos:
+                if not videos and not pictures:
                     bar.update(ep.length)
     except ClassRosError as err:
         shutil.rmtree(out, ignore_errors=True)  # an import either completes or leaves nothing

@@ -21,6 +21,7 @@ from pathlib import Path
 from class_ros.errors import ClassRosError
 
 VIDEO = "video"
+IMAGE = "image"  # frames as PNG bytes inside the data parquet (datasets recorded without video)
 
 
 @dataclass
