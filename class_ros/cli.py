@@ -24,6 +24,8 @@ STEPS: dict[str, tuple[str, str]] = {
     "sim-demos": ("training.sim_demos", "record scripted demonstrations in the built-in MuJoCo arm world as rosbag2"),
     "convert": ("training.convert", "convert rosbag2 recordings into a dataset store"),
     "import-robomimic": ("training.import_robomimic", "import a robomimic/MimicGen HDF5 file into a dataset store"),
+    "import-lerobot": ("training.import_lerobot", "import a LeRobot dataset (v3.0 / v2.1) into a dataset store"),
+    "export-lerobot": ("training.export_lerobot", "export a dataset store as a LeRobot v3.0 dataset"),
     "dtw": ("training.dtw", "compute exact DTW action-sequence positives for a dataset"),
     "pretrain": ("training.pretrain", "CLASS pre-training of the visual encoder (soft InfoNCE)"),
     "index": ("training.index", "build the retrieval (kNN) index of a pre-trained run"),

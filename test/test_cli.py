@@ -5,8 +5,8 @@ import sys
 
 from class_ros.cli import STEPS
 
-PLANNED = ["sim-demos", "convert", "import-robomimic", "dtw", "pretrain", "index", "finetune", "evaluate",
-           "demo", "graph"]
+PLANNED = ["sim-demos", "convert", "import-robomimic", "import-lerobot", "export-lerobot", "dtw", "pretrain", "index",
+           "finetune", "evaluate", "demo", "graph"]
 
 
 def test_help_lists_every_planned_step():

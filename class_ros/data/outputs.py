@@ -227,6 +227,17 @@ def move_into_place(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
+def replace_folder(new: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Move the finished folder `new` to `out`; an old `out` steps aside first and is removed only after."""
+    new, out = Path(new), Path(out)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.rename(out, old)  # until the next line, the old output waits here (recovered if we are killed)
+    move_into_place(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 def write_manifest(folder: str | os.PathLike, kind: str, *, format_version: int, complete: bool,
                    lineage: dict | None = None, **fields) -> dict:
     """Write `folder`/manifest.json (atomically); returns it. `building` calls this last."""
@@ -263,10 +274,6 @@ def building(out: str | os.PathLike, kind: str, *, overwrite: bool = False, line
         yield b
         write_manifest(tmp, kind, format_version=format_version, complete=True, lineage=b.lineage, **b.manifest)
         check_target(out, kind, overwrite=overwrite)  # something may have appeared there meanwhile
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.rename(out, old)  # until the next line, the old output waits here (recovered if we are killed)
-        move_into_place(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
