@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in DEMO_ENV.items():  # off-screen rendering, DDS on this machine (as `make` sets them)
         os.environ.setdefault(name, value)
     import torch
-    from class_ros.data.outputs import write_json
+    from class_ros.data.outputs import write_json, write_text
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = args.preset if args.preset != "auto" else ("full" if device == "cuda" else "quick")
     note = PRESETS[preset]["note"]
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                                              if (folder / f"{cam}.json").exists() else None) for cam in CAMERAS}
     machine = machine_description(device)
     md = markdown_table(results, note, machine)
-    (out / "camera_shift.md").write_text(md)
+    write_text(out / "camera_shift.md", md)
     write_json(out / "camera_shift.json", {"preset": preset, "note": note, "machine": machine, "device": device,
                                            "results": results, "stage_seconds": timings,
                                            "total_seconds": time.perf_counter() - t0}, indent=2, sort_keys=True)

@@ -16,7 +16,6 @@ Peers in the same run, on the same bag:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
+from class_ros.data.outputs import write_json  # noqa: E402
 
 JOINTS = ["j1", "j2", "j3", "j4", "j5", "j6", "gripper"]
 MAPPING = {
@@ -155,10 +155,7 @@ def main() -> int:
     result = {"messages": n_messages, "frames": frames, "storage": args.storage,
               "seconds": {name: round(s, 3) for name, s in rows},
               "convert_messages_per_s": n_messages / conv_s, "convert_frames_per_s": frames / conv_s}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, result, indent=2)}")
     return 0
 
 

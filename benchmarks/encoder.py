@@ -20,7 +20,6 @@ Results go to benchmarks/results/encoder.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.machine import cpu_line, time_steps  # noqa: E402 - after the path set-up
+from class_ros.data.outputs import write_json  # noqa: E402
 
 
 def measure(backbone: str, device: str, batch: int, steps: int, amp: bool, channels_last: bool,
@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  fp32 (peer),          B=160 {peer['img_per_s']:9.0f} img/s")
         print(f"  small encoder bf16,   B=512 {small['img_per_s']:9.0f} img/s")
         print(f"  AMP / fp32 = {fast['img_per_s'] / peer['img_per_s']:.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.node(), "torch": torch.__version__, "rows": rows}, indent=1))
+    out = write_json(args.out, {"machine": platform.node(), "torch": torch.__version__, "rows": rows})
     print(f"encoder benchmark: wrote {out}")
     return 0
 

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.machine import cpu_info, cpu_line  # noqa: E402 - after the path set-up
+from class_ros.data.outputs import write_json  # noqa: E402
 
 EXAMPLE = REPO.parent / "shared" / "realdata" / "lerobot_v3_so101_example"
 
@@ -97,10 +98,7 @@ def main() -> int:
                 shutil.rmtree(back)
                 shutil.rmtree(lr)
             shutil.rmtree(first)
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"lerobot benchmark: written to {out}")
+    print(f"lerobot benchmark: written to {write_json(REPO / args.out, results)}")
     return 0
 
 
