@@ -7,6 +7,7 @@ from class_ros.control import (ChunkEnsembler, EePoseLimits, EePoseSafetyFilter,
                                Watchdog)
 from class_ros.control.rotation import (matrix_to_quaternion, matrix_to_rot6d, quaternion_to_matrix, rot6d_to_matrix,
                                         rotation_angle, slerp_matrix)
+from class_ros.control.safety import invariant_violations
 from class_ros.errors import ClassRosError
 
 DT = 0.02
@@ -19,10 +20,8 @@ def limits(**kw):
     return JointLimits(**d)
 
 
-def assert_safe(cmd, measured, prev, lim, dt=DT, tol=1e-9):
-    assert np.all(np.isfinite(cmd))
-    assert np.all(cmd >= lim.safe_lower - tol) and np.all(cmd <= lim.safe_upper + tol)
-    assert np.all(np.abs(cmd - measured) <= lim.max_step + tol)
+def assert_invariant(cmds, lim, dt=DT, reanchors=None):
+    assert invariant_violations(np.array(cmds), lim, dt, reanchors) == []
 
 
 def test_accepts_a_safe_target_unchanged():
@@ -39,14 +38,14 @@ def test_position_limits_with_margin():
     assert "position" in r.clamped and f.counts["position"] == 1
 
 
-def test_max_step_relative_to_measured_state():
-    lim = limits(max_velocity=100.0, max_acceleration=1e6)
-    f = JointSafetyFilter(lim, DT)
+def test_tracking_error_names_the_joint_outside_its_max_step_band():
+    # The filter no longer pulls commands toward the measured state (that broke the rate limits);
+    # it reports the joint furthest outside its band, and ArmStateMachine latches a tracking fault.
+    f = JointSafetyFilter(limits(), DT)
     f.anchor(np.array([0.0, 0.0, 0.5]))
-    # The arm is blocked at 0 while the last command was 0: a target far away moves only max_step.
-    r = f(np.array([0.8, -0.8, 0.5]), measured=np.zeros(3) + [0, 0, 0.5])
-    np.testing.assert_allclose(r.command, [0.1, -0.1, 0.5])
-    assert "max_step" in r.clamped
+    assert f.tracking_error(np.array([0.09, -0.1, 0.5])) is None
+    i, dist = f.tracking_error(np.array([0.05, -0.5, 0.7]))
+    assert i == 1 and dist == pytest.approx(0.5)
 
 
 def test_velocity_and_acceleration_limits():
@@ -90,50 +89,69 @@ def test_rejects_nan_and_wrong_length_by_holding(bad):
     assert f.counts["rejected"] == 1
 
 
-def test_measured_far_from_last_command_keeps_hard_bounds():
-    # After a push the arm is 0.5 rad away from the last command: max_step wins over velocity.
-    lim = limits()
-    f = JointSafetyFilter(lim, DT)
-    f.anchor(np.array([0.0, 0.0, 0.5]))
-    measured = np.array([0.5, 0.0, 0.5])
-    r = f(np.array([0.0, 0.0, 0.5]), measured=measured)
-    assert_safe(r.command, measured, None, lim)
-
-
-def test_position_limits_win_over_max_step():
+def test_measured_state_beyond_the_limits_anchors_inside_them():
     # A measured state beyond the limits (a bad calibration) never pulls the command outside them.
     lim = limits()
     r = JointSafetyFilter(lim, DT)(np.array([0.0, 0.0, 2.0]), measured=np.array([0.0, 0.0, 2.0]))
     assert r.command[2] == pytest.approx(0.95)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.lists(st.floats(-10, 10) | st.just(float("nan")), min_size=3, max_size=3),
-                          st.lists(st.floats(0, 1), min_size=3, max_size=3)), min_size=1, max_size=20))
-def test_property_every_command_respects_limits_and_max_step(seq):
-    # Measured states anywhere inside the joint limits (the arm cannot be beyond them).
-    lim = limits()
-    f = JointSafetyFilter(lim, DT)
-    for target, frac in seq:
-        measured = lim.lower + np.array(frac) * (lim.upper - lim.lower)
-        r = f(np.array(target), measured)
-        assert_safe(r.command, measured, None, lim)
+@pytest.mark.parametrize("goal", [10.0, -10.0, 1.0, 0.95])
+def test_braking_aims_at_the_clipped_target(goal):
+    # A target beyond the limit: the command reaches the safe limit at rest, inside every bound
+    # (before, braking was computed against the unclipped target and broke the acceleration limit).
+    lim = limits(names=["j"], lower=[-1.0], upper=[1.0], max_velocity=2.2, max_acceleration=12.0, max_step=1.0,
+                 margin=0.05)
+    f = JointSafetyFilter(lim, 0.01)
+    cmds = [f.anchor([0.0])]
+    for _ in range(300):
+        cmds.append(f([goal]).command)
+    assert_invariant(cmds, lim, 0.01)
+    assert cmds[-1][0] == pytest.approx(np.clip(goal, -0.95, 0.95), abs=1e-9)
+    assert cmds[-2][0] == pytest.approx(cmds[-1][0], abs=1e-12)  # at rest at the end
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.lists(st.floats(-1.5, 1.5), min_size=3, max_size=3), min_size=2, max_size=40))
-def test_property_velocity_and_acceleration_hold_when_tracking(targets):
-    # When the arm tracks the commands (measured = last command), every soft bound holds too.
+def test_gripper_closing_to_its_end_stays_within_the_acceleration_limit():
+    # The reported case: 0.9948, 0.9995, 1.0 against a 0..1 gripper with no margin at 40 units/s^2.
+    lim = limits(names=["g"], lower=[0.0], upper=[1.0], max_velocity=2.5, max_acceleration=40.0, max_step=1.0,
+                 margin=0.0)
+    f = JointSafetyFilter(lim, 0.01)
+    cmds = [f.anchor([0.0])]
+    for goal in [0.5] * 20 + [0.9948, 0.9995] + [1.0] * 100:
+        cmds.append(f([goal]).command)
+    assert_invariant(cmds, lim, 0.01)
+    assert cmds[-1][0] == pytest.approx(1.0)
+
+
+def test_hold_brakes_to_a_stop_within_the_limits():
     lim = limits(max_step=1.0)
     f = JointSafetyFilter(lim, DT)
-    cmds = [np.array([0.0, 0.0, 0.5])]
-    f.anchor(cmds[0])
-    for t in targets:
-        cmds.append(f(np.array(t), measured=cmds[-1]).command)
-    c = np.array(cmds)
-    vel = np.diff(c, axis=0) / DT
-    assert np.all(np.abs(vel) <= 1.0 + 1e-6)
-    assert np.all(np.abs(np.diff(vel, axis=0)) / DT <= 20.0 + 1e-4)
+    cmds = [f.anchor([0.0, 0.0, 0.5])]
+    for _ in range(30):
+        cmds.append(f(np.array([0.9, -1.5, 0.9])).command)
+    for _ in range(30):
+        cmds.append(f.hold().command)
+    assert_invariant(cmds, lim)
+    np.testing.assert_allclose(cmds[-1], cmds[-2], atol=1e-12)
+
+
+finite = st.floats(-1e3, 1e3)
+target = st.lists(finite | st.sampled_from([float("nan"), float("inf"), -float("inf")]), min_size=3, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(target, st.just(None), st.lists(finite, min_size=1, max_size=5)), min_size=1,
+                max_size=60),
+       st.floats(1.0, 50.0), st.floats(0.1, 100.0))
+def test_property_every_command_obeys_the_invariant(seq, vmax, amax):
+    # Random targets far outside the limits, NaN / inf, wrong lengths and holds (None): every output
+    # obeys the velocity, acceleration and position limits.
+    lim = limits(max_velocity=vmax, max_acceleration=amax)
+    f = JointSafetyFilter(lim, DT)
+    cmds = [f.anchor([0.9, -1.9, 0.0])]
+    for t in seq:
+        cmds.append((f.hold() if t is None else f(np.array(t))).command)
+    assert_invariant(cmds, lim)
 
 
 def test_limit_validation_messages():

@@ -1,13 +1,15 @@
 """The safety filter every command passes before it reaches the arm.
 
-Joint mode bounds each command by, in order of priority:
-  1. finite values and the right length (otherwise the command is rejected and the hold is kept),
-  2. joint position limits shrunk by a margin,
-  3. a maximum distance from the *measured* joint state (a tracking-error bound, so a stalled or
-     blocked arm is never commanded far away from where it really is),
-  4. velocity and acceleration limits relative to the previously sent commands.
-Limits 3-4 only ever narrow the interval from 2, and 4 is dropped where it conflicts with 3 (after a
-disturbance the last command can be far from the arm); so every sent command respects 1-3 always.
+Joint mode keeps one invariant on every command c(t) it sends at the command period dt, per joint:
+  |c(t) - c(t-1)| <= max_velocity * dt,  |c(t) - 2 c(t-1) + c(t-2)| <= max_acceleration * dt^2,
+  lower + margin <= c(t) <= upper - margin,
+except at a declared re-anchor (`anchor`), where the command is set to the measured position (clipped
+to the limits) and the motion history restarts at rest. A target is first clipped to the limits, then
+approached no faster than a speed from which the arm can still stop *at the clipped target* within
+the acceleration limit; the same stopping rule keeps every command able to stop before a position
+limit. Non-finite or wrong-length targets are refused and the arm brakes to a stop instead.
+The filter never looks at the measured state: `tracking_error` reports when the arm has left the
+`max_step` band around the command, and the caller (class_ros.control.arm_state) latches a fault.
 
 End-effector mode (position + 6D rotation + gripper) bounds the position to a workspace box and the
 translation / rotation per step relative to the measured pose.
@@ -21,7 +23,7 @@ import numpy as np
 from class_ros.errors import ClassRosError
 from class_ros.control.rotation import (matrix_to_rot6d, rot6d_to_matrix, rotation_angle, slerp_matrix)
 
-CLAMP_KINDS = ("position", "max_step", "velocity", "acceleration", "workspace", "translation", "rotation")
+CLAMP_KINDS = ("position", "velocity", "acceleration", "workspace", "translation", "rotation")
 
 
 def _per_joint(value, n: int, name: str) -> np.ndarray:
@@ -45,7 +47,7 @@ class JointLimits:
     upper: np.ndarray  # (n,)
     max_velocity: np.ndarray  # (n,) units/s
     max_acceleration: np.ndarray  # (n,) units/s^2
-    max_step: np.ndarray  # (n,) largest allowed |command - measured|
+    max_step: np.ndarray  # (n,) |measured - command| beyond this is a tracking fault
     margin: np.ndarray | float = 0.0  # (n,) or one value: distance kept from the position limits
 
     def __post_init__(self):
@@ -98,9 +100,20 @@ class FilterResult:
     clamped: tuple[str, ...] = ()  # which limits changed the target
 
 
+def stoppable_speed(distance, a):
+    """Largest step w (per tick) from which braking by `a` per tick covers at most `distance` in all.
+
+    Stepping w and then w - a, w - 2a, ... until 0 covers f(w) = (m + 1)(w - a m / 2) with
+    m = floor(w / a); f is increasing and piecewise linear, and this is its inverse (distance >= 0).
+    """
+    distance = np.maximum(np.asarray(distance, dtype=np.float64), 0.0)
+    m = np.floor((np.sqrt(1.0 + 8.0 * distance / a) - 1.0) / 2.0)
+    return distance / (m + 1.0) + a * m / 2.0
+
+
 @dataclass
 class JointSafetyFilter:
-    """Stateful filter: remembers the last two sent commands for the velocity / acceleration bounds."""
+    """Stateful filter: remembers the last command and the last step for the velocity / acceleration bounds."""
 
     limits: JointLimits
     dt: float  # seconds between commands
@@ -110,22 +123,40 @@ class JointSafetyFilter:
         if not self.dt > 0:
             raise ClassRosError(f"the command period must be positive, got {self.dt}.")
         self._prev: np.ndarray | None = None  # last sent command
-        self._prev_vel: np.ndarray | None = None  # (last - the one before) / dt
+        self._step: np.ndarray | None = None  # last - the one before (per tick)
+        lim = self.limits
+        self._v = lim.max_velocity * self.dt  # largest step per tick
+        self._a = lim.max_acceleration * self.dt * self.dt  # largest change of the step per tick
 
     @property
     def last_command(self) -> np.ndarray | None:
         return None if self._prev is None else self._prev.copy()
 
-    def anchor(self, measured: np.ndarray) -> None:
-        """Restart from the measured state at rest (after start-up or an e-stop reset)."""
-        self._prev = np.clip(np.asarray(measured, dtype=np.float64), self.limits.safe_lower, self.limits.safe_upper)
-        self._prev_vel = np.zeros_like(self._prev)
-
-    def __call__(self, target, measured) -> FilterResult:
-        """Filter one target (n,) against the measured state (n,); returns the command to send."""
-        lim = self.limits
+    def anchor(self, measured) -> np.ndarray:
+        """Re-anchor: the command becomes the measured position (clipped to the limits), at rest."""
         measured = np.asarray(measured, dtype=np.float64).reshape(-1)
-        assert measured.shape == lim.lower.shape and np.all(np.isfinite(measured)), "measured state must be valid"
+        assert measured.shape == self.limits.lower.shape and np.all(np.isfinite(measured)), "measured must be valid"
+        self._prev = np.clip(measured, self.limits.safe_lower, self.limits.safe_upper)
+        self._step = np.zeros_like(self._prev)
+        return self._prev.copy()
+
+    def tracking_error(self, measured) -> tuple[int, float] | None:
+        """(joint index, |measured - command|) of the joint furthest outside its max_step band, or None."""
+        if self._prev is None:
+            return None
+        excess = np.abs(np.asarray(measured, dtype=np.float64) - self._prev) - self.limits.max_step
+        i = int(np.argmax(excess))
+        return (i, float(excess[i] + self.limits.max_step[i])) if excess[i] > 0 else None
+
+    def hold(self) -> FilterResult:
+        """Brake as hard as allowed, then stay: the command when there is nothing to follow."""
+        assert self._prev is not None, "anchor the filter first"
+        brake = self._step - np.sign(self._step) * np.minimum(np.abs(self._step), self._a)
+        return FilterResult(self._advance(self._window(brake)))
+
+    def __call__(self, target, measured=None) -> FilterResult:
+        """Filter one target (n,); `measured` (n,) anchors the filter on its first call only."""
+        lim = self.limits
         if self._prev is None:
             self.anchor(measured)
         target = np.asarray(target, dtype=np.float64).reshape(-1)
@@ -136,50 +167,39 @@ class JointSafetyFilter:
             rejected = "target holds NaN or infinite values"
         if rejected:
             self.counts["rejected"] += 1
-            target = self._prev.copy()  # hold: the last sent command, then bounded like any target
-
-        # Hard interval: position limits, then the tracking-error bound around the measured state.
-        lo, hi = lim.safe_lower.copy(), lim.safe_upper.copy()
-        step_lo, step_hi = measured - lim.max_step, measured + lim.max_step
-        lo, hi = self._narrow(lo, hi, step_lo, step_hi)
-        # Soft bounds from the previous commands: used where they keep the interval non-empty.
-        vmax = lim.max_velocity * self.dt
-        vlo, vhi = self._narrow(lo, hi, self._prev - vmax, self._prev + vmax)
-        amax = lim.max_acceleration * self.dt * self.dt
-        expected = self._prev + self._prev_vel * self.dt
-        alo, ahi = self._narrow(vlo, vhi, expected - amax, expected + amax)
-
-        # Aim no faster than a speed from which the arm can still stop at the target within the
-        # acceleration limit; clipping alone would overshoot a target approached at full speed.
-        # Discrete form: from speed n * a * dt the arm stops in n ticks having moved a * dt^2 * n(n+1)/2.
-        d = target - self._prev
-        a_dt = lim.max_acceleration * self.dt
-        n = (np.sqrt(1.0 + 8.0 * np.abs(d) / (a_dt * self.dt)) - 1.0) / 2.0
-        v_brake = n * a_dt
-        target = self._prev + np.sign(d) * np.minimum(np.abs(d), v_brake * self.dt)
-
+            return FilterResult(self.hold().command, rejected)
         clamped = []
-        cmd = target
-        for kind, (a, b) in (("position", (lim.safe_lower, lim.safe_upper)), ("max_step", (lo, hi)),
-                             ("velocity", (vlo, vhi)), ("acceleration", (alo, ahi))):
-            new = np.clip(cmd, a, b)
-            if np.any(np.abs(new - cmd) > 1e-12):
-                clamped.append(kind)
-                self.counts[kind] += 1
-            cmd = new
-        self._prev_vel = (cmd - self._prev) / self.dt
-        self._prev = cmd.copy()
-        return FilterResult(cmd, rejected, tuple(clamped))
+        goal = np.clip(target, lim.safe_lower, lim.safe_upper)
+        if np.any(goal != target):
+            clamped.append("position")
+        d = goal - self._prev
+        want = np.sign(d) * stoppable_speed(np.abs(d), self._a)  # arrive at the clipped goal at rest
+        step = self._window(want)
+        changed = np.abs(step - want) > 1e-12
+        if np.any(changed & (np.abs(step) >= self._v - 1e-12)):
+            clamped.append("velocity")
+        if np.any(changed & (np.abs(step - self._step) >= self._a - 1e-12)):
+            clamped.append("acceleration")
+        for kind in clamped:
+            self.counts[kind] += 1
+        return FilterResult(self._advance(step), "", tuple(clamped))
 
-    @staticmethod
-    def _narrow(lo, hi, lo2, hi2):
-        """Intersect [lo, hi] with [lo2, hi2] per joint; where they do not overlap keep [lo, hi]."""
-        nlo, nhi = np.maximum(lo, lo2), np.minimum(hi, hi2)
-        empty = nlo > nhi
-        # Where the bound cannot be met, go as far toward it as the outer interval allows.
-        nlo = np.where(empty, np.clip(np.where(lo2 > hi, hi, lo), lo, hi), nlo)
-        nhi = np.where(empty, nlo, nhi)
-        return nlo, nhi
+    def _window(self, want: np.ndarray) -> np.ndarray:
+        """`want` (a step per tick) clipped to what the invariant allows from the current state."""
+        lim = self.limits
+        lo = np.maximum.reduce([-self._v, self._step - self._a,
+                                -stoppable_speed(self._prev - lim.safe_lower, self._a)])
+        hi = np.minimum.reduce([np.broadcast_to(self._v, want.shape), self._step + self._a,
+                                stoppable_speed(lim.safe_upper - self._prev, self._a)])
+        # By induction braking is always inside the window; rounding can only make it a hair empty.
+        hi = np.maximum(hi, lo)
+        return np.clip(want, lo, hi)
+
+    def _advance(self, step: np.ndarray) -> np.ndarray:
+        cmd = np.clip(self._prev + step, self.limits.safe_lower, self.limits.safe_upper)
+        self._step = cmd - self._prev
+        self._prev = cmd
+        return cmd.copy()
 
 
 @dataclass
@@ -217,9 +237,18 @@ class EePoseSafetyFilter:
     def last_command(self) -> np.ndarray | None:
         return None if self._prev is None else self._prev.copy()
 
-    def anchor(self, measured: np.ndarray) -> None:
+    def anchor(self, measured: np.ndarray) -> np.ndarray:
         """Restart from the measured pose (10,)."""
         self._prev = np.asarray(measured, dtype=np.float64).copy()
+        return self._prev.copy()
+
+    def tracking_error(self, measured) -> None:
+        """Pose mode bounds every command by the measured pose itself, so it has no tracking fault."""
+        return None
+
+    def hold(self) -> FilterResult:
+        """Keep the last command."""
+        return FilterResult(self._prev.copy())
 
     def __call__(self, target, measured) -> FilterResult:
         """Filter one target pose (10,) against the measured pose (10,)."""
@@ -267,3 +296,33 @@ class EePoseSafetyFilter:
             self.counts[kind] += 1
         self._prev = cmd.copy()
         return FilterResult(cmd, rejected, tuple(clamped))
+
+
+def invariant_violations(commands, limits: JointLimits, dt: float, reanchors=None, tol: float = 1e-9) -> list[str]:
+    """Where a joint command stream (T, n) breaks the invariant of JointSafetyFilter; [] when it never does.
+
+    `reanchors` (T,) marks declared re-anchors: they are exempt from the rate bounds (not from the
+    position limits) and restart the history at rest.
+    """
+    c = np.asarray(commands, dtype=np.float64)
+    flags = np.zeros(len(c), bool) if reanchors is None else np.asarray(reanchors, bool)
+    v, a = limits.max_velocity * dt, limits.max_acceleration * dt * dt
+    out = []
+    for t in range(len(c)):
+        if not np.all(np.isfinite(c[t])):
+            out.append(f"command {t} is not finite")
+            continue
+        if np.any(c[t] < limits.safe_lower - tol) or np.any(c[t] > limits.safe_upper + tol):
+            out.append(f"command {t} is outside the position limits: {c[t].tolist()}")
+        if flags[t] or t == 0:
+            continue
+        step = c[t] - c[t - 1]
+        prev = c[t - 1] - c[t - 2] if t >= 2 and not flags[t - 1] else np.zeros_like(step)
+        j = np.flatnonzero(np.abs(step) > v + tol)
+        if j.size:
+            out.append(f"command {t}: joint {j[0]} moved {abs(step[j[0]]):.6g} in one tick (max {v[j[0]]:.6g})")
+        j = np.flatnonzero(np.abs(step - prev) > a + tol)
+        if j.size:
+            out.append(f"command {t}: joint {j[0]} changed its step by {abs(step[j[0]] - prev[j[0]]):.6g} "
+                       f"(max {a[j[0]]:.6g})")
+    return out

@@ -1,4 +1,4 @@
-"""Staleness checks: which inputs are too old for the arm to keep following the policy."""
+"""Staleness checks: which inputs are missing, too old, or stamped ahead of this clock."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,32 +8,36 @@ from class_ros.errors import ClassRosError
 
 @dataclass
 class Watchdog:
-    """Trips when joint states or camera frames are older than max_age, or no chunk came for chunk_timeout."""
+    """Trips on a missing / old / future-stamped joint state or camera frame, or no chunk for chunk_timeout."""
 
     max_age: float = 0.2  # s, for joint states and camera frames (by their header stamps)
     chunk_timeout: float = 0.5  # s since the last chunk arrived
     watch_camera: bool = True
+    max_future: float = 0.05  # s: a stamp further ahead of this clock is a clock-skew fault, never fresh
 
     def __post_init__(self):
-        if not (self.max_age > 0 and self.chunk_timeout > 0):
-            raise ClassRosError(f"max_age and chunk_timeout must be positive, got {self.max_age} and "
-                                f"{self.chunk_timeout}.")
+        if not (self.max_age > 0 and self.chunk_timeout > 0 and self.max_future >= 0):
+            raise ClassRosError(f"max_age and chunk_timeout must be positive and max_future >= 0, got "
+                                f"{self.max_age}, {self.chunk_timeout} and {self.max_future}.")
 
     def reasons(self, now: float, joint_state_stamp: float | None, camera_stamp: float | None,
                 chunk_received: float | None) -> list[str]:
         """Why the arm must hold now (empty when everything is fresh); times in seconds on one clock."""
-        out = []
-        if joint_state_stamp is None:
-            out.append("no joint state yet")
-        elif now - joint_state_stamp > self.max_age:
-            out.append(f"joint states are {now - joint_state_stamp:.2f} s old")
+        out = [self._age("joint states", now, joint_state_stamp)]
         if self.watch_camera:
-            if camera_stamp is None:
-                out.append("no camera frame yet")
-            elif now - camera_stamp > self.max_age:
-                out.append(f"camera frames are {now - camera_stamp:.2f} s old")
+            out.append(self._age("camera frames", now, camera_stamp).replace("waiting for camera frames",
+                                                                              "waiting for camera"))
         if chunk_received is None:
-            out.append("no action chunk yet")
+            out.append("waiting for a chunk")
         elif now - chunk_received > self.chunk_timeout:
             out.append(f"no action chunk for {now - chunk_received:.2f} s")
-        return out
+        return [r for r in out if r]
+
+    def _age(self, what: str, now: float, stamp: float | None) -> str:
+        if stamp is None:
+            return f"waiting for {what}"
+        if stamp - now > self.max_future:
+            return f"clock skew: {what} stamped {stamp - now:.2f} s ahead of this node's clock"
+        if now - stamp > self.max_age:
+            return f"{what} are {now - stamp:.2f} s old"
+        return ""

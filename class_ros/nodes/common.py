@@ -89,3 +89,32 @@ def run_node(node_factory, args=None) -> int:
         if rclpy.ok():
             rclpy.try_shutdown()
     return 0
+
+
+class CallbackGuard:
+    """Catches what a callback raises: each kind is logged once, then only counted (for /diagnostics).
+
+    No message may kill a node: a callback that fails drops its input and the node keeps running.
+    """
+
+    def __init__(self, logger):
+        from collections import Counter
+        self.logger = logger
+        self.counts = Counter()  # "callback: ErrorType" -> how many times
+
+    def record(self, name: str, err: BaseException) -> None:
+        """Count one exception raised in callback `name`; log it the first time its kind is seen."""
+        key = f"{name}: {type(err).__name__}"
+        self.counts[key] += 1
+        if self.counts[key] == 1:
+            self.logger.error(f"{key}: {err} (logged once; counted on /diagnostics)")
+
+    def wrap(self, name: str, fn):
+        """fn wrapped so that an exception is recorded and swallowed."""
+        def guarded(*args):
+            try:
+                return fn(*args)
+            except Exception as err:  # noqa: BLE001 - whatever the input did, the node keeps running
+                self.record(name, err)
+                return None
+        return guarded
