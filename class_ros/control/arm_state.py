@@ -57,6 +57,7 @@ class ArmStateMachine:
         self.fault = ""  # the latched tracking fault, "" when none
         self.anchored = False
         self._pending = ""  # re-anchor reason to report with the next command
+        self._new_measurement = False  # a joint state arrived since the last tracking check
         self._reported_stamp = None
         self.reanchors: Counter = Counter()
         self.dropped: Counter = Counter()  # inputs refused, per reason
@@ -81,6 +82,7 @@ class ArmStateMachine:
             return self.drop("joint_state_bad_stamp")
         # A future stamp is kept: the watchdog then reports the skew (and holds) until fresh ones come.
         self.measured, self.joint_state_stamp = q, float(stamp)
+        self._new_measurement = True
         return ""
 
     def camera(self, stamp: float) -> str:
@@ -145,9 +147,13 @@ class ArmStateMachine:
             return self.last
         if not self.anchored:
             self._anchor("start")
-        self._check_tracking()
+        self._check_tracking(now)
         latency = None
-        if self.estop or self.fault:
+        if self._pending:
+            result = self.filter.hold()  # at rest at the anchor: the re-anchor command is the measured state
+            mode = "estop" if self.estop else "tracking_fault" if self.fault else "holding"
+            reasons = ["e-stop latched"] * self.estop + [self.fault] * bool(self.fault) + reasons
+        elif self.estop or self.fault:
             self.ensembler.clear()
             result = self.filter.hold() if self.estop else self.filter(self.measured, self.measured)
             mode = "estop" if self.estop else "tracking_fault"
@@ -179,9 +185,15 @@ class ArmStateMachine:
         self.reanchors[why] += 1
         self._pending = why
 
-    def _check_tracking(self) -> None:
-        if self.fault:
-            return  # latched: further drift is followed within the limits, never re-anchored again
+    def _check_tracking(self, now: float) -> None:
+        # Only a new, fresh measurement says where the arm is now (an old one lags the command); a
+        # latched fault is not re-checked (further drift is followed within the limits, never
+        # re-anchored again); a re-anchor about to be sent is checked on the next tick.
+        fresh = self._new_measurement and -self.watchdog.max_future <= now - self.joint_state_stamp \
+            <= self.watchdog.max_age
+        self._new_measurement = False
+        if self.fault or not fresh or self._pending:
+            return
         err = self.filter.tracking_error(self.measured)
         if err is None:
             return
