@@ -205,7 +205,8 @@ class ArmCommandNode(Node):
             values = {kv.key: kv.value for kv in status.values}
             count = int(values.get("decode_errors", "0"))
             if count > self.camera_decode_errors:
-                self.sm.camera_undecodable(now_sec(self), status.message)
+                self.sm.camera_undecodable(now_sec(self), f"{values.get('last_decode_error', '?')} "
+                                                          f"({count} dropped)")
             self.camera_decode_errors = count
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
