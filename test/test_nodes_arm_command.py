@@ -9,6 +9,7 @@ acceleration and position limits; only re-anchors at a measured state are exempt
 stream never went silent, and what /diagnostics says.
 """
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -63,6 +64,7 @@ class Rig:
         self.blocked = False  # True: the arm does not move whatever it is told
         self.joint_states_on, self.js_age, self.camera_on, self.encoding = True, 0.0, True, "rgb8"
         self.commands: list[tuple[float, np.ndarray, np.ndarray]] = []  # (time, command (7,), state then)
+        self.plant_ticks: list[float] = []  # when this test's 100 Hz timer ran (how busy the machine is)
         self.mangle = None  # fault injection: JointState -> JointState, applied to every published state
         self.injected = [HOME.copy()]  # states set from outside (pushes): a re-anchor may jump to one
         self._arms, self._grips = [], []
@@ -76,7 +78,8 @@ class Rig:
         n.create_subscription(Float64MultiArray, "/gripper_controller/commands", self._on_grip, 100)
         from diagnostic_msgs.msg import DiagnosticArray
         self.diagnostics = []
-        n.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.tick_gap_max = 0.0  # s, the longest the node's own timer went between ticks, from /diagnostics
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         n.create_timer(0.01, self._plant)
         n.create_timer(1 / 30, self._camera)
         self.JointState, self.Image, self.JointTrajectory, self.Bool, self.Trigger = \
@@ -99,6 +102,8 @@ class Rig:
         return Time(sec=t // 10**9, nanosec=t % 10**9)
 
     def _plant(self):
+        with self.lock:
+            self.plant_ticks.append(time.monotonic())
         if not self.joint_states_on:
             return
         msg = self.JointState(name=NAMES)
@@ -108,6 +113,13 @@ class Rig:
         if self.mangle is not None:
             msg = self.mangle(msg)
         self.js_pub.publish(msg)
+
+    def _on_diagnostics(self, msg):
+        self.diagnostics.append(msg)
+        for st in msg.status:
+            for kv in st.values:
+                if kv.key == "tick_gap_max_ms":
+                    self.tick_gap_max = max(self.tick_gap_max, float(kv.value) / 1e3)
 
     def push(self, state, blocked=None):
         """Move the arm from outside (a push, a hand): the measured state jumps to `state`."""
@@ -159,6 +171,25 @@ class Rig:
             self.send_chunk(np.tile(goal, (n, 1)))
             time.sleep(1.0 / rate)
 
+    def follow(self, goal, timeout=15.0):
+        """Stream constant-goal chunks until the arm is commanded to `goal` (the time depends on the load)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.stream(goal, 0.2)
+            if np.abs(self.commands[-1][1] - goal).max() <= 1e-6:
+                return
+        raise AssertionError(f"never reached {goal}: last command {self.commands[-1][1]}")
+
+    def hold_seen(self, goal, n, timeout=15.0):
+        """Stream `goal` until the last n commands published since the call are one constant hold; returns it."""
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + timeout:
+            self.stream(goal, 0.2)
+            last = [c for _, c, _ in self.since(t0)][-n:]
+            if len(last) == n and np.ptp(np.array(last), axis=0).max() < 1e-12:
+                return last[-1]
+        raise AssertionError("the node never held")
+
     def wait_for_commands(self, timeout=20.0):
         end = time.monotonic() + timeout
         while time.monotonic() < end and len(self.commands) < 5:
@@ -177,9 +208,9 @@ class Rig:
             time.sleep(0.02)
         return fut.result()
 
-    def status(self):
+    def status(self, timeout=5.0):
         """The newest arm_command_node status on /diagnostics, as (status, {key: value})."""
-        end = time.monotonic() + 3.0
+        end = time.monotonic() + timeout
         while time.monotonic() < end:
             got = [st for d in list(self.diagnostics) for st in d.status if "safety" in st.name]
             if got:
@@ -191,7 +222,7 @@ class Rig:
         """Wait until the newest status satisfies pred(status, values); returns it."""
         end = time.monotonic() + timeout
         while True:
-            st, values = self.status()
+            st, values = self.status(timeout)
             if pred(st, values) or time.monotonic() > end:
                 return st, values
             time.sleep(0.1)
@@ -207,11 +238,22 @@ class Rig:
         assert invariant_violations(c, LIMITS, 1.0 / RATE, reanchor) == []
         _, values = self.status()
         assert sum(reanchor) <= int(values["reanchors"])
-        # Never silent: commands arrive every period. The bound on single gaps leaves room for a busy
-        # machine's scheduling (the test shares 2 cores); a dead or stopped stream fails both.
-        gaps = np.diff([x[0] for x in cmds])
-        assert np.percentile(gaps, 99) <= 2.0 / RATE + 0.01 and gaps.max() < 0.25, (
-            f"command stream gaps: p99 {np.percentile(gaps, 99):.3f} s, max {gaps.max():.3f} s")
+        # Never silent. What the node controls is exact: it publishes on every tick once it has a
+        # measured state (silent_ticks counts the ticks that did not). What the
+        # machine controls is not: on these shared 2 cores a process is descheduled for up to ~0.6 s
+        # (measured with this test's own 100 Hz timer), so the received stream is checked for gaps of 2
+        # command periods beyond the longest stall the node's own timer reports, and never for 1 s.
+        assert values["silent_ticks"] == "0"
+        times = np.array([x[0] for x in cmds])
+        with self.lock:
+            ticks = np.diff([t for t in self.plant_ticks if times[0] <= t <= times[-1]])
+        gaps = np.diff(times)
+        # How late the node's timer ran, plus how long this receiving process was stalled meanwhile.
+        stall = max(self.tick_gap_max - 1.0 / RATE, 0.0) + (max(ticks.max() - 0.01, 0.0) if ticks.size else 0.0)
+        assert gaps.max() < 1.0, f"the command stream went silent for {gaps.max():.3f} s"
+        assert gaps.max() <= 2.0 / RATE + stall + 0.05, (
+            f"the command stream went silent for {gaps.max():.3f} s (2 periods {2.0 / RATE:.3f} s, the node's "
+            f"timer and this process stalled {stall:.3f} s at worst)")
 
 
 def held_constant(cmds, min_count):
@@ -242,8 +284,7 @@ def test_follows_chunks_within_limits(rig):
     # Before any chunk it holds home (and keeps publishing the hold).
     assert held_constant(rig.since(0.0), 5)
     np.testing.assert_allclose(rig.commands[-1][1], np.clip(HOME, LOWER, UPPER), atol=1e-9)
-    rig.stream(GOAL, 1.5)
-    np.testing.assert_allclose(rig.commands[-1][1], GOAL, atol=1e-6)
+    rig.follow(GOAL)
     rig.check_safe()
 
 
@@ -262,8 +303,7 @@ def test_nan_and_wrong_length_chunks_are_rejected(rig):
     # The rejected chunks never reach the arm: it still heads for GOAL, never to 0.
     c = np.array([x[1] for x in later])
     assert np.all(np.abs(c - GOAL).max(axis=1) <= np.abs(c[0] - GOAL).max() + 1e-9)
-    rig.stream(GOAL, 0.6)
-    np.testing.assert_allclose(rig.commands[-1][1], GOAL, atol=1e-6)
+    rig.follow(GOAL)
     rig.check_safe()
 
 
@@ -283,13 +323,12 @@ def test_blocked_arm_latches_a_tracking_fault_and_holds_where_it_is(rig):
     rig.blocked = True  # e.g. the arm is pushing against an obstacle
     jump = HOME + np.array([2.0, -1.5, -2.5, 1.0, 1.5, 2.0, 1.0])
     t0 = time.monotonic()
-    rig.stream(jump, 1.5)
+    hold = rig.hold_seen(jump, int(0.4 * RATE))
     c = np.array([x[1] for x in rig.since(t0)])
-    assert len(c) > 20
     # It moved off until the arm was max_step behind (plus the joint states in flight), then
     # re-anchored at the measured state and held there, although the policy kept sending the jump.
     assert np.all(np.abs(c - HOME) <= MAX_STEP + VMAX * 0.1 + 1e-9)
-    np.testing.assert_allclose(c[-1], HOME, atol=1e-9)
+    np.testing.assert_allclose(hold, HOME, atol=1e-9)
     st, values = rig.wait_status(lambda st, v: v["tracking_fault"] != "none")
     assert st.level == st.ERROR and "tracking fault: " in st.message and "call ~/reset_estop" in st.message
     assert int(values["tracking_faults"]) == 1 and int(values["reanchors_tracking_fault"]) == 1
@@ -305,18 +344,14 @@ def test_stale_inputs_hold_and_keep_publishing(rig, fault):
         rig.js_age = 0.5  # stamps half a second in the past: stale, although messages keep coming
     else:
         rig.joint_states_on = False
-    t_fault = time.monotonic()
     far = HOME + np.array([-0.8, 0.5, -0.6, 0.0, 0.0, 0.0, 0.0])
-    rig.stream(far, 1.2)  # the policy keeps talking, but the inputs are stale
-    held = rig.since(t_fault + 0.5)  # max_age 0.2 s, plus deceleration within the acceleration limit
-    assert held_constant(held, int(0.6 * RATE)), "the arm did not hold while inputs were stale"
+    hold = rig.hold_seen(far, int(0.6 * RATE))  # the policy keeps talking, but the inputs are stale
     # It held short of the new goal: the stale-time chunks were not followed.
-    assert np.abs(held[-1][1] - far).max() > 0.3
+    assert np.abs(hold - far).max() > 0.3
     rig.check_safe()
     # Fresh inputs again: it follows the policy once more.
     rig.camera_on, rig.js_age, rig.joint_states_on = True, 0.0, True
-    rig.stream(far, 1.5)
-    np.testing.assert_allclose(rig.commands[-1][1], far, atol=1e-6)
+    rig.follow(far)
     rig.check_safe()
 
 
@@ -435,34 +470,29 @@ def test_bad_joint_states_are_dropped_and_counted_and_never_stop_the_stream(rig)
     for k, (fault, (mangle, counter)) in enumerate(JOINT_STATE_FAULTS.items()):
         goal = targets[k % 2]
         rig.mangle = mangle
-        t0 = time.monotonic()
-        rig.stream(goal, 1.2 if counter else 2.0)
         if counter is None:  # usable: followed as usual
-            np.testing.assert_allclose(rig.commands[-1][1], goal, atol=1e-6, err_msg=fault)
+            rig.follow(goal)
         else:  # every state dropped: joint states go stale, it holds (and never stops publishing)
-            assert held_constant(rig.since(t0 + 0.6), int(0.4 * RATE)), fault
-            st, values = rig.wait_status(lambda st, v: int(v.get(counter, "0")) > 10)
+            rig.hold_seen(goal, int(0.4 * RATE))
+            st, values = rig.wait_status(lambda st, v: int(v.get(counter, "0")) > 10 and "joint states" in st.message)
             assert int(values[counter]) > 10 and "joint states are" in st.message, fault
         rig.mangle = None
-        rig.stream(goal, 1.5)
-        np.testing.assert_allclose(rig.commands[-1][1], goal, atol=1e-6, err_msg=fault)
+        rig.follow(goal)
     rig.check_safe()
 
 
 def test_future_stamps_are_a_clock_skew_fault_that_holds(rig):
     rig.stream(GOAL, 0.4)
     rig.js_age = -100.0  # joint states stamped 100 s ahead of the node's clock
-    t0 = time.monotonic()
     far = HOME + np.array([-0.8, 0.5, -0.6, 0.0, 0.0, 0.0, 0.0])
-    rig.stream(far, 1.0)
-    assert held_constant(rig.since(t0 + 0.4), int(0.4 * RATE))
+    hold = rig.hold_seen(far, int(0.4 * RATE))
+    assert np.abs(hold - far).max() > 0.3
     st, _ = rig.wait_status(lambda st, v: "clock skew" in st.message)
-    assert st.level == st.WARN and "clock skew: joint states stamped 100.0" in st.message
+    assert st.level == st.WARN and re.search(r"clock skew: joint states stamped (99|100)\.\d\d s ahead", st.message)
     rig.joint_states_on = False  # and when they stop, the last future stamp never looks fresh
     t1 = time.monotonic()
     rig.stream(far, 1.0)
-    assert held_constant(rig.since(t1), int(0.8 * RATE))
-    assert np.abs(rig.commands[-1][1] - far).max() > 0.3
+    assert all(np.array_equal(c, hold) for _, c, _ in rig.since(t1))
     _, values = rig.status()
     assert float(values["latency_p50_ms"]) >= 0.0
     rig.check_safe()
@@ -485,46 +515,42 @@ def test_future_stamped_chunks_are_refused_and_named(rig):
 
 
 def test_a_push_latches_a_tracking_fault_until_reset(rig):
-    rig.stream(GOAL, 1.5)
+    rig.follow(GOAL)
     pushed = GOAL + np.array([0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0])  # 0.5 rad, max_step 0.3
     rig.push(pushed, blocked=True)  # pushed and held there
-    t0 = time.monotonic()
-    rig.stream(GOAL, 0.5)  # the policy still asks for GOAL
-    rig.blocked = False  # let go: the arm tracks its command again
-    rig.stream(GOAL, 0.5)
-    after = rig.since(t0 + 0.2)
-    assert held_constant(after, int(0.5 * RATE))
-    np.testing.assert_allclose(after[-1][1], pushed, atol=1e-9)  # re-anchored where the arm is: no force
     st, values = rig.wait_status(lambda st, v: v["tracking_fault"] != "none")
+    rig.blocked = False  # let go: the arm tracks its command again
+    hold = rig.hold_seen(GOAL, int(0.5 * RATE))  # the policy still asks for GOAL
+    np.testing.assert_allclose(hold, pushed, atol=1e-9)  # re-anchored where the arm is: no force
     assert st.level == st.ERROR and "tracking fault: shoulder_lift is 0.5" in st.message
     assert int(values["reanchors_tracking_fault"]) == 1
     assert rig.reset_estop().success
-    rig.stream(GOAL, 1.5)
-    np.testing.assert_allclose(rig.commands[-1][1], GOAL, atol=1e-6)
+    rig.follow(GOAL)
     rig.check_safe()
 
 
 def test_estop_hold_never_moves_when_the_arm_is_moved_by_hand(rig):
-    rig.stream(GOAL, 1.5)
+    rig.follow(GOAL)
     rig.estop_pub.publish(rig.Bool(data=True))
-    time.sleep(0.5)  # brake to a stop
-    hold = rig.commands[-1][1].copy()
+    hold = rig.hold_seen(GOAL, 10)
     by_hand = hold + np.array([0.6, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0])
     rig.push(by_hand, blocked=True)  # the operator holds the arm there
     t0 = time.monotonic()
     rig.stream(GOAL, 1.0)
     moved = rig.since(t0)
-    assert len(moved) > 20 and all(np.array_equal(x[1], hold) for x in moved), "the e-stop hold moved"
+    assert len(moved) > 10 and all(np.array_equal(x[1], hold) for x in moved), "the e-stop hold moved"
     st, values = rig.wait_status(lambda st, v: v["tracking_fault"] != "none")
     assert "e-stop latched" in st.message and "tracking fault: shoulder_pan is 0.6" in st.message
     assert int(values.get("reanchors_tracking_fault", "0")) == 0
-    rig.blocked = False
     t1 = time.monotonic()
     assert rig.reset_estop().success  # re-anchored where the operator left the arm
-    rig.stream(GOAL, 2.5)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and all(np.array_equal(x[1], hold) for x in rig.since(t1)):
+        time.sleep(0.02)
     first_new = next(x[1] for x in rig.since(t1) if not np.array_equal(x[1], hold))
     np.testing.assert_allclose(first_new, np.clip(by_hand, LOWER, UPPER), atol=1e-9)
-    np.testing.assert_allclose(rig.commands[-1][1], GOAL, atol=1e-6)
+    rig.blocked = False  # the operator lets go
+    rig.follow(GOAL)
     rig.check_safe()
 
 

@@ -13,6 +13,7 @@ are read once, into the frozen `ArmCommandParams`, and are read-only.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -128,7 +129,9 @@ class ArmCommandNode(Node):
         self.latency: list[float] = []  # s, observation stamp -> first command that used the chunk
         self.rates = {k: RateMeter() for k in ("command", "chunk", "joint_state", "camera")}
         self.sent = 0  # commands published
+        self.silent_ticks = 0  # ticks after the first command that published nothing (must stay 0)
         self.camera_decode_errors = 0  # the camera node's count, as last read from /diagnostics
+        self._last_tick, self.tick_gap_max = None, 0.0  # s, longest time between two ticks since the last report
 
         g = self.guard.wrap
         self.create_subscription(JointTrajectory, "~/action_chunk", g("action_chunk", self._on_chunk), 10)
@@ -241,6 +244,10 @@ class ArmCommandNode(Node):
 
     # --- the control tick -------------------------------------------------------------------------------
     def _tick(self) -> None:
+        t = time.monotonic()
+        if self._last_tick is not None:
+            self.tick_gap_max = max(self.tick_gap_max, t - self._last_tick)  # how late the timer ran
+        self._last_tick = t
         try:
             d = self.sm.tick(now_sec(self))
         except Exception as err:  # noqa: BLE001 - never silent: keep sending the last command
@@ -248,8 +255,11 @@ class ArmCommandNode(Node):
             last = self.filter.last_command
             if last is not None:
                 self._publish(last)
+            else:
+                self.silent_ticks += 1
             return
         if d.command is None:
+            self.silent_ticks += self.sm.anchored  # never, by the rules: once anchored every tick commands
             return  # nothing safe to command before the first measurement
         if d.reanchor:
             self.get_logger().warning(f"re-anchored at the measured state ({d.reanchor})")
@@ -295,6 +305,7 @@ class ArmCommandNode(Node):
                        "tracking_fault": sm.fault or "none", "tracking_faults": sm.tracking_faults,
                        "holding": d.mode != "following", "dropped_steps": sm.ensembler.dropped_steps,
                        "commands_sent": self.sent, "hold_ticks": sm.hold_ticks,
+                       "tick_gap_max_ms": self.tick_gap_max * 1e3, "silent_ticks": self.silent_ticks,
                        "rejected_chunks": sum(v for k, v in sm.dropped.items() if k.startswith("chunk_")),
                        "reanchors": sum(sm.reanchors.values())})
         values.update({f"reanchors_{k.replace(' ', '_')}": v for k, v in sm.reanchors.items()})
@@ -302,6 +313,7 @@ class ArmCommandNode(Node):
         values["rejected_targets"] = self.filter.counts["rejected"]
         values.update({f"dropped_{k}": v for k, v in sm.dropped.items()})
         values.update({f"callback_error {k}": v for k, v in self.guard.counts.items()})
+        self.tick_gap_max = 0.0
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: safety", hardware_id="arm",
                                   message="; ".join(d.reasons) or "following the policy", values=key_values(values))
         msg = DiagnosticArray(status=[status])
