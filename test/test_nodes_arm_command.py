@@ -691,3 +691,64 @@ def test_safety_parameters_are_read_only_after_start():
         node.destroy_node()
     finally:
         ctx.try_shutdown()
+
+
+# --- the graph's supervisor: a dead node never silences the arm ------------------------------------------
+
+def _graph_params(tmp_path):
+    """config/policy.yaml with the command node at this file's rate, watching the raw camera."""
+    doc = yaml.safe_load((REPO / "config" / "policy.yaml").read_text())
+    doc["arm_command_node"]["ros__parameters"].update(rate_hz=RATE, chunk_timeout=0.5, camera_topic="")
+    doc["camera_node"]["ros__parameters"]["image_size"] = [4, 4]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def _small_graph():
+    from class_ros.nodes import topology
+    return [s for s in topology.graph("retrieval") if s.name in ("camera_node", "arm_command_node")]
+
+
+@pytest.mark.parametrize("respawn", [False, True])
+def test_graph_processes_keep_the_arm_commanded_when_a_node_dies(tmp_path, capfd, respawn):
+    from class_ros.nodes.graph import start_processes, supervise
+    rig = Rig()
+    try:
+        with start_processes(_small_graph(), _graph_params(tmp_path)) as graph:
+            rig.wait_for_commands()
+            victim = graph.procs["camera_node"]
+            threading.Timer(1.0, victim.kill).start()  # SIGKILL: as a crash would
+            status = supervise(graph, duration=4.0, respawn=respawn)
+            assert graph.procs["arm_command_node"].poll() is None, "the command node died with the camera node"
+            if respawn:
+                assert graph.procs["camera_node"] is not victim and graph.procs["camera_node"].poll() is None
+        err = capfd.readouterr().err
+        if respawn:
+            assert status == 0 and "camera_node exited with status -9; restarting it (1/5)" in err, err
+        else:
+            assert status == 1 and "camera_node exited with status -9; arm_command_node keeps holding" in err, err
+            assert "error: camera_node exited with status -9" in err
+        rig.check_safe()  # never silent while the camera node died, was restarted, and the graph stopped
+    finally:
+        rig.close()
+
+
+def test_graph_in_one_process_reports_a_dead_executor_and_keeps_commanding(tmp_path, capfd):
+    from class_ros.nodes.graph import start_in_process, supervise
+    rig = Rig()
+    try:
+        with start_in_process(_small_graph(), _graph_params(tmp_path)) as graph:
+            rig.wait_for_commands()
+
+            def boom():
+                raise RuntimeError("injected executor failure")
+            graph.nodes["camera_node"].create_timer(0.5, boom)  # a callback nothing guards
+            status = supervise(graph, duration=3.0)
+            assert [t.name for t in graph.threads if t.is_alive()] == ["arm_command_node"]
+            rig.check_safe()
+        err = capfd.readouterr().err
+        assert status == 1 and "camera_node's executor stopped: RuntimeError: injected executor failure" in err, err
+        assert "camera_node stopped (RuntimeError: injected executor failure); arm_command_node keeps holding" in err
+    finally:
+        rig.close()

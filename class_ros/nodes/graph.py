@@ -7,6 +7,13 @@ One process with one executor thread per node (lowest latency, the default) or o
 (`--processes`, like `ros2 launch`). The nodes, their parameter files and remappings come from
 class_ros.nodes.topology, which the launch files read too.
 
+A dead node never silences the arm: when another node dies (its process, or its executor thread in
+one process) it is reported and arm_command_node keeps running, holding the arm by its watchdog;
+with `--processes --respawn` the dead node is restarted (at most RESPAWN_LIMIT times each). The exit
+status is 0 only for a requested stop (--duration, SIGTERM; Ctrl-C gives 130) with every node alive;
+otherwise 1, naming the dead nodes. If arm_command_node itself dies and is not restarted, the graph
+stops at once.
+
 The closed-loop episode driver that runs seeded sim episodes through this graph lives in
 class_ros.nodes.closed_loop.
 """
@@ -21,7 +28,6 @@ import threading
 import time
 from contextlib import closing
 
-import numpy as np
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes import topology
@@ -46,21 +52,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", action="store_true", help="one process per node instead of one in total")
     parser.add_argument("--use-sim-time", action="store_true", help="nodes follow /clock")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)")
+    parser.add_argument("--respawn", action="store_true",
+                        help=f"with --processes: restart a node that dies (at most {RESPAWN_LIMIT} times each)")
 
 
 def run(args: argparse.Namespace) -> int:
     _check_env()
+    if args.respawn and not args.processes:
+        raise ClassRosError("--respawn restarts node processes; add --processes.")
     specs = topology.graph(args.policy, args.sim, args.robot_config)
     extra = dict(run_dir=args.run_dir, policy=args.policy, camera_topic=args.camera_topic,
                  use_sim_time=args.use_sim_time)
     starter = start_processes if args.processes else start_in_process
-    with starter(specs, args.params, extra) as graph:
-        print(f"class-ros graph: running {[s.name for s in specs]} "
-              f"({'processes' if args.processes else 'one process'}); Ctrl-C stops it.")
-        end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
-        while time.monotonic() < end and graph.alive():
-            time.sleep(0.2)
-    return 0
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # SIGTERM: a requested stop
+    try:
+        with starter(specs, args.params, extra) as graph:
+            print(f"class-ros graph: running {[s.name for s in specs]} "
+                  f"({'processes' if args.processes else 'one process'}); Ctrl-C stops it.", flush=True)
+            return supervise(graph, args.duration, args.respawn, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+RESPAWN_LIMIT = 5  # restarts per node before the graph gives up on it
+COMMAND_NODE = "arm_command_node"
+
+
+def supervise(graph, duration: float = 0.0, respawn: bool = False, stop: threading.Event | None = None) -> int:
+    """Watch a running graph until `duration` s pass (0: forever) or `stop` is set; returns the exit status.
+
+    A dead node is reported once and, with `respawn`, restarted; the command node keeps running either
+    way. Returns 0 only when the stop was requested and every node is alive, else 1 naming the dead.
+    """
+    stop = stop or threading.Event()
+    end = time.monotonic() + duration if duration > 0 else float("inf")
+    given_up: dict[str, str] = {}  # node -> how it died
+    restarts: dict[str, int] = {}
+    while time.monotonic() < end and not stop.is_set():
+        for name, why in graph.dead().items():
+            if name in given_up:
+                continue
+            if respawn and restarts.get(name, 0) < RESPAWN_LIMIT:
+                restarts[name] = restarts.get(name, 0) + 1
+                print(f"class-ros graph: {name} {why}; restarting it ({restarts[name]}/{RESPAWN_LIMIT}).",
+                      file=sys.stderr, flush=True)
+                graph.restart(name)
+                continue
+            given_up[name] = why
+            if name == COMMAND_NODE:
+                print(f"class-ros graph: {name} {why}; nothing commands the arm, stopping the graph.",
+                      file=sys.stderr, flush=True)
+                return _dead_status(given_up)
+            print(f"class-ros graph: {name} {why}; {COMMAND_NODE} keeps holding the arm. Stop the graph to "
+                  f"restart it (or run with --processes --respawn).", file=sys.stderr, flush=True)
+        time.sleep(0.1)
+    return _dead_status(given_up)
+
+
+def _dead_status(dead: dict[str, str]) -> int:
+    if not dead:
+        return 0
+    print(f"class-ros graph: error: {', '.join(f'{n} {w}' for n, w in dead.items())}.", file=sys.stderr, flush=True)
+    return 1
 
 
 def _check_env() -> None:
@@ -93,6 +147,7 @@ class InProcessGraph:
         self.nodes = {}
         self.executors = []
         self.threads = []
+        self.errors: dict[str, str] = {}  # node -> what stopped its executor thread
         try:
             for spec in specs:
                 module, cls = NODE_CLASSES[spec.name]
@@ -104,23 +159,34 @@ class InProcessGraph:
         for name, node in self.nodes.items():
             executor = SingleThreadedExecutor(context=self.context)
             executor.add_node(node)
-            thread = threading.Thread(target=self._spin, args=(executor,), name=name, daemon=True)
+            thread = threading.Thread(target=self._spin, args=(name, executor), name=name, daemon=True)
             self.executors.append(executor)
             self.threads.append(thread)
             thread.start()
 
-    def _spin(self, executor):
+    def _spin(self, name, executor):
         from rclpy.executors import ExternalShutdownException
         try:
             executor.spin()
         except ExternalShutdownException:
             pass
-        except RuntimeError:
-            if not self.closing:  # a timer firing while the executor shuts down is expected
-                raise
+        except Exception as err:  # noqa: BLE001 - reported by dead(); the other nodes keep running
+            if not self.closing:  # (a timer firing while the executor shuts down is expected)
+                self.errors[name] = f"{type(err).__name__}: {err}"
+                print(f"class-ros graph: {name}'s executor stopped: {self.errors[name]}", file=sys.stderr, flush=True)
 
     def alive(self) -> bool:
-        return all(t.is_alive() for t in self.threads)
+        return not self.dead()
+
+    def dead(self) -> dict[str, str]:
+        """{node: how it died} for every node whose executor thread stopped."""
+        if self.closing:
+            return {}
+        return {t.name: f"stopped ({self.errors.get(t.name, 'its executor returned')})"
+                for t in self.threads if not t.is_alive()}
+
+    def restart(self, name: str) -> None:
+        raise ClassRosError("nodes in one process are not restarted; use --processes --respawn.")
 
     def close(self) -> None:
         # Stop spinning before destroying nodes, so no callback runs on a destroyed node.
@@ -139,27 +205,35 @@ class ProcessGraph:
     """One process per node, as `ros2 launch` would start them."""
 
     def __init__(self, specs, params_file: str, extra: dict):
-        self.procs = {}
-        for spec in specs:
-            cmd = [sys.executable, "-m", NODE_CLASSES[spec.name][0], *_node_args(spec, params_file, extra)]
-            self.procs[spec.name] = subprocess.Popen(cmd, env=os.environ.copy())
+        self.cmds = {s.name: [sys.executable, "-m", NODE_CLASSES[s.name][0], *_node_args(s, params_file, extra)]
+                     for s in specs}
+        self.procs = {name: subprocess.Popen(cmd, env=os.environ.copy()) for name, cmd in self.cmds.items()}
 
     def alive(self) -> bool:
-        dead = [n for n, p in self.procs.items() if p.poll() is not None]
-        if dead:
-            print(f"class-ros graph: {dead} exited; stopping the graph.", file=sys.stderr)
-        return not dead
+        return not self.dead()
+
+    def dead(self) -> dict[str, str]:
+        """{node: how it died} for every node process that exited."""
+        return {n: f"exited with status {p.returncode}" for n, p in self.procs.items() if p.poll() is not None}
+
+    def restart(self, name: str) -> None:
+        """Start node `name` again, as it was started first."""
+        self.procs[name] = subprocess.Popen(self.cmds[name], env=os.environ.copy())
 
     def close(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        # The command node stops last, so the arm is held while the others shut down.
+        others = [p for n, p in self.procs.items() if n != COMMAND_NODE]
+        last = [self.procs[COMMAND_NODE]] if COMMAND_NODE in self.procs else []
+        for group in (others, last):
+            for p in group:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            for p in group:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
 
 def start_in_process(specs, params_file: str = topology.POLICY_PARAMS, extra: dict | None = None):
