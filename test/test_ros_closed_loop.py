@@ -159,6 +159,47 @@ def test_embedding_node_pairs_the_image_with_the_joint_state_as_of_its_stamp(ran
             probe.close()
 
 
+def test_embedding_node_survives_non_finite_joint_states(random_run):
+    """A NaN or inf in /joint_states used to kill embedding_node (and the graph); now it is dropped."""
+    from sensor_msgs.msg import Image, JointState
+
+    from class_ros.nodes import topology
+    from class_ros.nodes.graph import start_in_process
+    from class_ros.nodes.observation import image_to_feature
+    from class_ros.sim.robot import JOINT_NAMES
+
+    specs = [s for s in topology.graph("retrieval") if s.name in ("camera_node", "embedding_node")]
+    with start_in_process(specs, extra={"run_dir": str(random_run)}) as graph:
+        probe = Probe({"emb": (Image, "/embedding_node/embedding")})
+        try:
+            cam = probe.publisher(Image, "/camera/image_raw", sensor=True)
+            js = probe.publisher(JointState, "/joint_states", sensor=True)
+            raw = np.zeros((96, 96, 3), np.uint8).tobytes()
+
+            def send(t, q):
+                msg = JointState(name=list(JOINT_NAMES), position=[float(v) for v in q])
+                msg.header.stamp = stamp(t - 1)
+                js.publish(msg)
+                img = Image(height=96, width=96, encoding="rgb8", step=288, data=raw)
+                img.header.stamp = stamp(t)
+                cam.publish(img)
+
+            for i in range(30):  # only non-finite joint states: nothing to pair an image with
+                send(2000 + i, [float("nan")] + [0.1] * 6 if i % 2 else [float("inf")] * 7)
+                time.sleep(0.05)
+            assert graph.alive(), graph.dead()
+            assert not probe.got["emb"]
+            for i in range(50):
+                send(3000 + i, [0.1] * 7)
+                if probe.wait("emb", 1, timeout=0.2):
+                    break
+            assert probe.got["emb"] and graph.alive()
+            assert all(np.all(np.isfinite(image_to_feature(m))) for m in probe.got["emb"])
+            assert graph.nodes["embedding_node"].joints.dropped["not_finite"] >= 20
+        finally:
+            probe.close()
+
+
 def test_policy_node_chunks_are_timed_and_the_ood_gate_stops_them(random_run, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image

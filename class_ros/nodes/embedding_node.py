@@ -17,7 +17,7 @@ from sensor_msgs.msg import Image, JointState
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes.camera_node import output_topic
-from class_ros.nodes.common import RateMeter, declare, require, run_node, stamp_to_sec
+from class_ros.nodes.common import CallbackGuard, RateMeter, declare, require, run_node, stamp_to_sec
 from class_ros.nodes.observation import JointStateBuffer, feature_to_image, image_to_array
 
 
@@ -63,12 +63,15 @@ class EmbeddingNode(Node):
         self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_state, qos_profile_sensor_data)
         self.pub = self.create_publisher(Image, "~/embedding", 10)
         self.embed_once(self._dummy_observation())  # warm-up: the first torch call is slow
-        self.create_timer(1.0 / p["poll_hz"], self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.guard = CallbackGuard(self.get_logger())  # a failing frame is skipped, never fatal
+        self.create_timer(1.0 / p["poll_hz"], self.guard.wrap("encode", self._tick),
+                          callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(f"encoding {self.cameras} + {self.proprio} from {p['run_dir']}")
 
     def _on_joint_state(self, msg: JointState) -> None:
         if not self.joints.add(msg):
-            self.get_logger().warning(f"joint_states lacks {self.joints.missing}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"dropped joint states so far: {dict(self.joints.dropped)}",
+                                      throttle_duration_sec=5.0)
 
     def _dummy_observation(self) -> dict:
         h, w = self.policy.encoder.config.image_size
@@ -103,6 +106,10 @@ class EmbeddingNode(Node):
             obs[self.proprio] = state[0]
         self.done_stamp = stamp
         feature = self.embed_once(obs)
+        if not np.all(np.isfinite(feature)):
+            self.get_logger().error("the encoder produced NaN or infinite values; frame skipped",
+                                    throttle_duration_sec=10.0)
+            return
         self.pub.publish(feature_to_image(feature, msgs[0].header))
         self.rate.tick()
 

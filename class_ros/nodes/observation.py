@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import deque
+from collections import Counter, deque
 
 import numpy as np
 
@@ -25,9 +25,16 @@ def feature_to_image(feature: np.ndarray, header):
 
 
 def image_to_feature(msg) -> np.ndarray:
-    """The inverse of feature_to_image: (F,) float32."""
-    assert msg.encoding == "32FC1" and msg.height == 1, "embedding messages are 1 x F 32FC1 images"
-    return np.frombuffer(bytes(msg.data), dtype="<f4").astype(np.float32)
+    """The inverse of feature_to_image: (F,) float32; refuses other layouts and non-finite values."""
+    from class_ros.errors import ClassRosError
+    data = bytes(msg.data)
+    if msg.encoding != "32FC1" or msg.height != 1 or len(data) != 4 * msg.width:
+        raise ClassRosError(f"an embedding message must be a 1 x F 32FC1 image, got {msg.height} x {msg.width} "
+                            f"{msg.encoding!r} with {len(data)} bytes.")
+    feature = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    if not np.all(np.isfinite(feature)):
+        raise ClassRosError("an embedding holds NaN or infinite values.")
+    return feature
 
 
 class JointStateBuffer:
@@ -39,16 +46,24 @@ class JointStateBuffer:
         self.times: deque[float] = deque()
         self.values: deque[np.ndarray] = deque()
         self.missing: list[str] = []
+        self.dropped: Counter = Counter()  # refused messages, per reason
         self._lock = threading.Lock()  # written by a subscription, read by a timer in another group
 
     def add(self, msg) -> bool:
-        """Store one sensor_msgs/JointState; False (and `missing` set) when it lacks a needed joint."""
+        """Store one sensor_msgs/JointState; False (counted in `dropped`, `missing` set) when it is unusable."""
         index = {n: i for i, n in enumerate(msg.name)}
         self.missing = [n for n in self.names if n not in index or index[n] >= len(msg.position)]
         if self.missing:
+            self.dropped["missing_joints"] += 1
+            return False
+        if len(index) != len(msg.name):
+            self.dropped["duplicate_names"] += 1
             return False
         t = stamp_to_sec(msg.header.stamp)
         values = np.array([msg.position[index[n]] for n in self.names], dtype=np.float32)
+        if not np.all(np.isfinite(values)):  # a NaN would reach the encoder (and crash or poison it)
+            self.dropped["not_finite"] += 1
+            return False
         with self._lock:
             self._add(t, values)
         return True

@@ -24,7 +24,8 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from class_ros.errors import ClassRosError
-from class_ros.nodes.common import RateMeter, declare, key_values, now_sec, require, run_node, stamp_to_sec
+from class_ros.nodes.common import CallbackGuard, RateMeter, declare, key_values, now_sec, require, run_node, \
+    stamp_to_sec
 from class_ros.nodes.observation import JointStateBuffer, image_to_array, image_to_feature
 from class_ros.policy import POLICY_KINDS
 
@@ -156,6 +157,8 @@ class PolicyNode(LifecycleNode):
         self.done_stamp = None
         self.last_sent = -float("inf")  # node-clock time of the last chunk
         self.group = MutuallyExclusiveCallbackGroup()
+        self.guard = CallbackGuard(self.get_logger())  # a failing frame is skipped, never fatal
+        self.skipped_non_finite = 0  # chunks the policy produced with NaN / inf, never sent
         self.chunk_pub = self.create_publisher(JointTrajectory, "~/action_chunk", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -199,7 +202,8 @@ class PolicyNode(LifecycleNode):
         self.last_sent = -float("inf")
         self.active = True
         if self.timer is None:
-            self.timer = self.create_timer(1.0 / self.p["poll_hz"], self._tick, callback_group=self.group)
+            self.timer = self.create_timer(1.0 / self.p["poll_hz"], self.guard.wrap("predict", self._tick),
+                                           callback_group=self.group)
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
@@ -238,12 +242,21 @@ class PolicyNode(LifecycleNode):
         if self.gated:
             self.get_logger().warning(self.gated, throttle_duration_sec=2.0)
             return
+        if not np.all(np.isfinite(chunk)):
+            self.skipped_non_finite += 1
+            self.get_logger().error("the policy produced NaN or infinite actions; frame skipped",
+                                    throttle_duration_sec=10.0)
+            return
         self.chunk_pub.publish(chunk_message(chunk[: self.n_steps + 1], self.policy.action_names, header, self.dt))
         self.last_sent = now_sec(self)
         self.rate.tick()
 
     def _publish_diagnostics(self) -> None:
-        values = {"chunk_rate_hz": self.rate.rate(), "active": self.active, "policy": self.p["policy"]}
+        values = {"chunk_rate_hz": self.rate.rate(), "active": self.active, "policy": self.p["policy"],
+                  "skipped_non_finite": self.skipped_non_finite}
+        values.update({f"callback_error {k}": v for k, v in self.guard.counts.items()})
+        if getattr(self, "joints", None) is not None:
+            values.update({f"dropped_joint_state_{k}": v for k, v in self.joints.dropped.items()})
         if self.last_confidence is not None:
             values.update({"nearest_distance": float(self.last_confidence.nearest_distance),
                            "weight_entropy": float(self.last_confidence.weight_entropy),
