@@ -171,11 +171,12 @@ def test_camera_node_reports_a_bad_encoding_once(sim_graph, caplog):
     bad = lis.Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8))
     # Sensor-data QoS is best effort: keep sending until one arrives (a loaded machine drops some).
     deadline = time.monotonic() + 20
-    while not cam.reported and time.monotonic() < deadline:
+    while not cam.errors and time.monotonic() < deadline:
         lis.raw_pub.publish(bad)
         time.sleep(0.05)
-    for _ in range(10):  # more bad frames after the first report add no new report
+    for _ in range(10):  # more bad frames after the first report add no new report, only counts
         lis.raw_pub.publish(bad)
         time.sleep(0.02)
     time.sleep(0.3)
-    assert cam.reported == {"/camera/image_raw"}
+    assert set(cam.errors) == {("/camera/image_raw", "unsupported_encoding")}
+    assert cam.errors[("/camera/image_raw", "unsupported_encoding")] > 1
