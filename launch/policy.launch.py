@@ -22,14 +22,17 @@ def nodes(context):
     share = get_package_share_directory("class_ros")
     policy = arg("policy")
     use_sim_time = arg("use_sim_time").lower() == "true"
+    respawn = arg("respawn").lower() == "true"
     specs = topology.graph(policy, sim=arg("sim").lower() == "true", robot_config=arg("robot_config"))
     actions = []
     for spec in specs:
         files = [f if os.path.isabs(f) else os.path.join(share, f) for f in spec.params]
         params = topology.overrides(spec.name, run_dir=arg("run_dir"), policy=policy,
                                     camera_topic=arg("camera_topic"), use_sim_time=use_sim_time)
+        # Each node is its own process: a dead one never takes arm_command_node (the hold) with it.
         actions.append(Node(package="class_ros", executable=spec.name, name=spec.name, output="screen",
-                            parameters=[*files, params], remappings=list(spec.remappings)))
+                            parameters=[*files, params], remappings=list(spec.remappings),
+                            respawn=respawn, respawn_delay=1.0))
     return actions
 
 
@@ -46,5 +49,7 @@ def generate_launch_description():
                               description="robot limits YAML, relative to the package share or absolute"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="follow /clock instead of the wall clock"),
+        DeclareLaunchArgument("respawn", default_value="false", choices=["true", "false"],
+                              description="restart a node whose process dies (after 1 s)"),
         OpaqueFunction(function=nodes),
     ])

@@ -16,7 +16,7 @@ from class_ros.nodes import topology
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
-POLICY_ARGS = {"run_dir", "policy", "sim", "camera_topic", "robot_config", "use_sim_time"}
+POLICY_ARGS = {"run_dir", "policy", "sim", "camera_topic", "robot_config", "use_sim_time", "respawn"}
 
 
 def calls(tree, name):
@@ -48,10 +48,14 @@ def entry_points():
 
 
 def declared_parameters(node_name):
-    """Parameter names a node module declares with `declare(self, "name", ...)`, plus use_sim_time."""
+    """Parameter names a node module declares with `declare(self, "name", ...)` or as the fields of its
+    `*Params` dataclass, plus use_sim_time."""
     module = REPO / "class_ros" / "nodes" / f"{node_name}.py"
     tree = ast.parse(module.read_text())
     names = {c.args[1].value for c in calls(tree, "declare") if len(c.args) > 1 and isinstance(c.args[1], ast.Constant)}
+    for cls in ast.walk(tree):
+        if isinstance(cls, ast.ClassDef) and cls.name.endswith("Params"):
+            names |= {f.target.id for f in cls.body if isinstance(f, ast.AnnAssign)}
     assert names, f"{module} declares no parameters"
     return names | {"use_sim_time"}
 
