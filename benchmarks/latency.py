@@ -29,25 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from class_ros.data.outputs import write_json  # noqa: E402 - after the path set-up
 
+from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
+
 TARGET_P99_MS = {"idle": 50.0, "loaded": 100.0}
 TARGET_DECODE_MS = 2.0
-SIMD = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_info() -> str:
-    """The CPU model and which of the SIMD extensions that matter here it has (from /proc/cpuinfo)."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown CPU":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    have = [f for f in SIMD if f in flags]
-    return f"{model}, {os.cpu_count()} CPUs, SIMD: {' '.join(have) or 'none of ' + ' '.join(SIMD)}"
 
 
 class StageProbe:
@@ -178,8 +163,8 @@ def main() -> int:
     if not conditions or any(c not in TARGET_P99_MS for c in conditions):
         print(f"latency: error: --conditions takes a comma list of {sorted(TARGET_P99_MS)}", file=sys.stderr)
         return 2
-    results = {"cpu": cpu_info()}
-    print(f"CPU: {results['cpu']}")
+    results = {"cpu": cpu_line()}
+    print(results["cpu"])
     results["decode"] = bench_decode()
     d = results["decode"]
     print(f"decode+preprocess 640x480 rgb8 -> 96x96: p50 {d['decode_preprocess_p50_ms']:.2f} ms, "

@@ -255,8 +255,9 @@ class PolicyNode(LifecycleNode):
         values = {"chunk_rate_hz": self.rate.rate(), "active": self.active, "policy": self.p["policy"],
                   "skipped_non_finite": self.skipped_non_finite}
         values.update({f"callback_error {k}": v for k, v in self.guard.counts.items()})
-        if getattr(self, "joints", None) is not None:
-            values.update({f"dropped_joint_state_{k}": v for k, v in self.joints.dropped.items()})
+        joints = getattr(getattr(self, "inputs", None), "joints", None)  # diffusion reads joint states itself
+        if joints is not None:
+            values.update({f"dropped_joint_state_{k}": v for k, v in joints.dropped.items()})
         if self.last_confidence is not None:
             values.update({"nearest_distance": float(self.last_confidence.nearest_distance),
                            "weight_entropy": float(self.last_confidence.weight_entropy),
