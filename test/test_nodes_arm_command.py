@@ -752,3 +752,14 @@ def test_graph_in_one_process_reports_a_dead_executor_and_keeps_commanding(tmp_p
         assert "camera_node stopped (RuntimeError: injected executor failure); arm_command_node keeps holding" in err
     finally:
         rig.close()
+
+
+def test_graph_stops_at_once_with_status_1_when_the_command_node_dies(tmp_path, capfd):
+    from class_ros.nodes.graph import start_processes, supervise
+    with start_processes(_small_graph(), _graph_params(tmp_path)) as graph:
+        threading.Timer(1.0, graph.procs["arm_command_node"].kill).start()
+        t0 = time.monotonic()
+        status = supervise(graph, duration=30.0)
+        assert time.monotonic() - t0 < 10.0
+    err = capfd.readouterr().err
+    assert status == 1 and "arm_command_node exited with status -9; nothing commands the arm" in err, err
