@@ -108,11 +108,10 @@ class ArmStateMachine:
         if stamp - now > self.watchdog.max_future:
             self.chunk_skew = stamp - now
             return self.drop("chunk_future_stamp")
-        if self.estop or self.fault:
-            return ""  # accepted but not executed: nothing of a plan resumes before a reset
         self.chunk_skew = None
-        self.ensembler.add(stamp, dt, points, now=now)
-        self.chunk_received = now
+        self.chunk_received = now  # the policy is alive
+        if not (self.estop or self.fault):  # else not executed: nothing of a plan resumes before a reset
+            self.ensembler.add(stamp, dt, points, now=now)
         return ""
 
     def trigger_estop(self) -> bool:
