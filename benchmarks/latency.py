@@ -1,7 +1,8 @@
 """Latency of the ROS graph: camera frame stamp -> command publication, and image decode + preprocess.
 
 Usage:
-    python benchmarks/latency.py [--run-dir RUN] [--frames 500] [--conditions idle,loaded] [--skip-graph]
+    python benchmarks/latency.py [--run-dir RUN] [--frames 500] [--conditions idle,loaded] [--modes one,processes]
+                                  [--skip-graph]
 
 Without --run-dir a small retrieval run is trained first (sim demos -> convert -> DTW -> pretrain ->
 index, about a minute on 2 cores). The graph runs with the MuJoCo sim node (its own process, as a
@@ -150,6 +151,7 @@ def main() -> int:
     parser.add_argument("--run-dir", default=None, help="a retrieval run (default: train a small one first)")
     parser.add_argument("--frames", type=int, default=500)
     parser.add_argument("--conditions", default="idle,loaded", help="comma list of idle, loaded")
+    parser.add_argument("--modes", default="one,processes", help="comma list of one (process), processes")
     parser.add_argument("--skip-graph", action="store_true", help="only the decode benchmark")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "latency.json"))
     args = parser.parse_args()
@@ -175,7 +177,7 @@ def main() -> int:
             run_dir = Path(args.run_dir) if args.run_dir else build_small_run(Path(tmp))
             results["graph"] = []
             for condition in conditions:
-                for processes in (False, True):
+                for processes in [m == "processes" for m in args.modes.split(",") if m in ("one", "processes")]:
                     r = bench_graph(run_dir, args.frames, processes, condition)
                     results["graph"].append(r)
                     target = TARGET_P99_MS[condition]
