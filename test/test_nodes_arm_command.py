@@ -759,3 +759,10 @@ def test_graph_stops_at_once_with_status_1_when_the_command_node_dies(tmp_path, 
         assert time.monotonic() - t0 < 10.0
     err = capfd.readouterr().err
     assert status == 1 and "arm_command_node exited with status -9; nothing commands the arm" in err, err
+
+
+def test_graph_respawn_needs_processes_one_clear_line():
+    res = subprocess.run([sys.executable, "-m", "class_ros.cli", "graph", "--respawn"], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=60)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == "class-ros graph: error: --respawn restarts node processes; add --processes."
