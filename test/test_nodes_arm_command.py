@@ -86,10 +86,19 @@ class Rig:
             JointState, Image, JointTrajectory, Bool, Trigger
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(n)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.closing = False
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
 
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - rclpy raises from spin when it is shut down from another thread
+            if not self.closing:
+                raise
+
     def close(self):
+        self.closing = True
         self.executor.shutdown()
         self.thread.join(timeout=5)
         self.node.destroy_node()
