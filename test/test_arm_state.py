@@ -117,7 +117,7 @@ def test_a_push_latches_a_tracking_fault_reanchors_and_follows_the_arm_within_li
     d = (feed(sm, 10.5, pushed), sm.tick(10.5))[1]
     assert d.reanchor == "tracking fault" and d.mode == "tracking_fault"
     np.testing.assert_allclose(d.command, pushed)
-    assert "tracking fault: b is 0.500 from its command (max_step 0.300)" in d.reasons[0]
+    assert "tracking fault: b is 0.500 from its commands (max_step 0.300)" in d.reasons[0]
     # The arm keeps moving (pushed on): the command follows within the limits, no second re-anchor,
     # and the policy's chunks are not followed.
     t, drift = 10.51, []
@@ -139,6 +139,27 @@ def test_a_push_latches_a_tracking_fault_reanchors_and_follows_the_arm_within_li
     ds = run(sm, t + 0.5, 2.0, goal=HOME)
     assert ds[0].reanchor == "reset" and ds[-1].mode == "following"
     np.testing.assert_allclose(ds[-1].command, HOME, atol=1e-9)
+
+
+def test_a_lagging_arm_is_not_a_tracking_fault_but_a_push_is():
+    # The arm lags 0.18 s behind at full speed (2 rad/s: 0.36 rad behind the command, beyond max_step
+    # 0.3): it matches a command of the last max_age (0.2 s), so no fault; pushed 0.35 rad off, one.
+    for push, faults in ((0.0, 0), (0.35, 1)):
+        sm = make()
+        t, history = 10.0, []
+        feed(sm, t, HOME)
+        for k in range(150):
+            if k % 10 == 0:
+                chunk(sm, t, HOME + [0.9, 0.0, 0.0])
+            lagged = history[-18] if len(history) >= 18 else HOME
+            q = lagged + [0.0, push if k >= 60 else 0.0, 0.0]
+            feed(sm, t, q)
+            history.append(sm.tick(t).command)
+            t += DT
+        assert sm.tracking_faults == faults, sm.fault
+        if not push:  # it did lag by more than max_step
+            lag = np.abs(np.array(history[18:]) - np.array(history[:-18]))[:, 0].max()
+            assert lag > 0.3
 
 
 def test_future_stamps_are_clock_skew_never_fresh():

@@ -46,6 +46,9 @@ def test_tracking_error_names_the_joint_outside_its_max_step_band():
     assert f.tracking_error(np.array([0.09, -0.1, 0.5])) is None
     i, dist = f.tracking_error(np.array([0.05, -0.5, 0.7]))
     assert i == 1 and dist == pytest.approx(0.5)
+    # Measured where a recent command was (the arm lags): within the band of the recent span.
+    assert f.tracking_error(np.array([0.0, -0.5, 0.5]), recent=[[0.0, -0.45, 0.5]]) is None
+    assert f.tracking_error(np.array([0.0, -0.9, 0.5]), recent=[[0.0, -0.45, 0.5]])[1] == pytest.approx(0.45)
 
 
 def test_velocity_and_acceleration_limits():

@@ -6,7 +6,8 @@ reset requests) and publishes what `tick` decides. The rules:
   - following: the ensembled chunk target, through the safety filter;
   - holding (an input missing, old or stamped in the future, or no chunk): brake to a stop and stay;
   - e-stop (latched): brake to a stop and stay, whatever the arm does; the live chunks are dropped;
-  - tracking fault (the measured position left the max_step band around the command): latched;
+  - tracking fault (the measured position left the max_step band around the commands of the last
+    max_age before it was measured, so a lagging arm is not a fault): latched;
     re-anchor at the measured position, then follow it only within the velocity / acceleration
     limits. Latched during an e-stop too, but then without re-anchoring: the e-stop hold never moves;
   - `reset` (the ~/reset_estop service) clears both latches and re-anchors at the measured state.
@@ -14,7 +15,7 @@ Re-anchors happen at exactly those three moments and are counted per reason.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,7 @@ class ArmStateMachine:
         self.anchored = False
         self._pending = ""  # re-anchor reason to report with the next command
         self._new_measurement = False  # a joint state arrived since the last tracking check
+        self._sent: deque = deque()  # (time, command) of the recent commands, for the tracking check
         self._reported_stamp = None
         self.reanchors: Counter = Counter()
         self.dropped: Counter = Counter()  # inputs refused, per reason
@@ -176,6 +178,9 @@ class ArmStateMachine:
             self.hold_ticks += 1
         self.last = Decision(result.command, mode, reasons, self._pending, result.clamped, result.rejected, latency)
         self._pending = ""
+        self._sent.append((now, result.command))
+        while self._sent and self._sent[0][0] < now - 2 * self.watchdog.max_age:
+            self._sent.popleft()
         return self.last
 
     def _anchor(self, why: str) -> None:
@@ -193,12 +198,16 @@ class ArmStateMachine:
         self._new_measurement = False
         if self.fault or not fresh or self._pending:
             return
-        err = self.filter.tracking_error(self.measured)
+        # The arm may lag its commands by up to the measurement's age: compare with every command sent
+        # since max_age before the measurement was taken.
+        since = self.joint_state_stamp - self.watchdog.max_age
+        recent = [c for t, c in self._sent if t >= since]
+        err = self.filter.tracking_error(self.measured, recent)
         if err is None:
             return
         i, dist = err
         self.tracking_faults += 1
-        self.fault = (f"tracking fault: {self.names[i]} is {dist:.3f} from its command (max_step "
+        self.fault = (f"tracking fault: {self.names[i]} is {dist:.3f} from its commands (max_step "
                       f"{self.filter.limits.max_step[i]:.3f}); call ~/reset_estop to resume")
         self.ensembler.clear()
         if not self.estop:

@@ -140,13 +140,20 @@ class JointSafetyFilter:
         self._step = np.zeros_like(self._prev)
         return self._prev.copy()
 
-    def tracking_error(self, measured) -> tuple[int, float] | None:
-        """(joint index, |measured - command|) of the joint furthest outside its max_step band, or None."""
+    def tracking_error(self, measured, recent=()) -> tuple[int, float] | None:
+        """(joint index, distance) of the joint furthest outside its max_step band, or None.
+
+        The distance is from the measured position to the span of the last command and the `recent`
+        commands (m, n) it may still be catching up with: a measurement is always a little old.
+        """
         if self._prev is None:
             return None
-        excess = np.abs(np.asarray(measured, dtype=np.float64) - self._prev) - self.limits.max_step
+        sent = np.vstack([np.asarray(recent, dtype=np.float64).reshape(-1, self._prev.size), self._prev])
+        q = np.asarray(measured, dtype=np.float64)
+        dist = np.maximum.reduce([sent.min(axis=0) - q, q - sent.max(axis=0), np.zeros_like(q)])
+        excess = dist - self.limits.max_step
         i = int(np.argmax(excess))
-        return (i, float(excess[i] + self.limits.max_step[i])) if excess[i] > 0 else None
+        return (i, float(dist[i])) if excess[i] > 0 else None
 
     def hold(self) -> FilterResult:
         """Brake as hard as allowed, then stay: the command when there is nothing to follow."""
