@@ -247,3 +247,20 @@ def test_property_every_command_obeys_the_invariant_under_random_events(seq):
     assert why[0] in ("start", "reset") and why.count("start") <= 1  # a reset before the first tick anchors too
     assert why.count("reset") == resets
     assert why.count("tracking fault") <= sm.tracking_faults
+
+
+def test_pose_mode_runs_the_same_rules():
+    from class_ros.control import EePoseLimits, EePoseSafetyFilter
+    from class_ros.control.rotation import matrix_to_rot6d
+    names = ["x", "y", "z", "r0", "r1", "r2", "r3", "r4", "r5", "gripper"]
+    sm = ArmStateMachine(EePoseSafetyFilter(EePoseLimits([0.2, -0.3, 0.05], [0.6, 0.3, 0.5], 0.004, 0.02)),
+                         Watchdog(0.2, 0.5, False, 0.05), ChunkEnsembler(), names)
+    pose = np.concatenate([[0.4, 0.0, 0.3], matrix_to_rot6d(np.eye(3)), [0.0]])
+    goal = pose + np.r_[[0.1], np.zeros(9)]
+    t = 10.0
+    for k in range(20):
+        assert sm.joint_state(t, pose, t) == ""
+        assert sm.chunk(t, 0.1, np.tile(goal, (5, 1)), t) == ""
+        d = sm.tick(t)
+        t += DT
+    assert d.mode == "following" and d.command[0] == pytest.approx(0.404)  # one max_translation step

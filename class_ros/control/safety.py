@@ -249,7 +249,7 @@ class EePoseSafetyFilter:
         self._prev = np.asarray(measured, dtype=np.float64).copy()
         return self._prev.copy()
 
-    def tracking_error(self, measured) -> None:
+    def tracking_error(self, measured, recent=()) -> None:
         """Pose mode bounds every command by the measured pose itself, so it has no tracking fault."""
         return None
 
