@@ -28,9 +28,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from class_ros.data.outputs import write_json  # noqa: E402 - after the path set-up
-
 from benchmarks.machine import cpu_line  # noqa: E402 - after the path set-up
+from class_ros.data.outputs import write_json  # noqa: E402
 
 TARGET_P99_MS = {"idle": 50.0, "loaded": 100.0}
 TARGET_DECODE_MS = 2.0
