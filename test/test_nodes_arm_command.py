@@ -591,9 +591,15 @@ def test_undecodable_camera_frames_are_named_on_diagnostics():
         rig.stream(GOAL, 1.0)
         st, _ = rig.wait_status(lambda st, v: "undecodable" in st.message)
         assert "camera frames undecodable: /camera/image_raw:" in st.message and "yuv9" in st.message
-        cams = [s for d in rig.diagnostics for s in d.status if s.hardware_id == "camera"]
-        values = {kv.key: kv.value for kv in cams[-1].values}
-        assert int(values["decode_errors_unsupported_encoding /camera/image_raw"]) > 10
+        key = "decode_errors_unsupported_encoding /camera/image_raw"
+        end = time.monotonic() + 15
+        while time.monotonic() < end:  # counted per frame (best-effort frames: how many arrive depends on the load)
+            cams = [s for d in list(rig.diagnostics) for s in d.status if s.hardware_id == "camera"]
+            values = {kv.key: kv.value for kv in cams[-1].values}
+            if int(values.get(key, "0")) >= 5:
+                break
+            rig.stream(GOAL, 0.5)
+        assert int(values[key]) >= 5 and int(values["decode_errors"]) == int(values[key])
         rig.check_safe()
     finally:
         rig.close()
