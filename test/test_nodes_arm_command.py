@@ -530,7 +530,9 @@ def test_a_push_latches_a_tracking_fault_until_reset(rig):
     rig.blocked = False  # let go: the arm tracks its command again
     hold = rig.hold_seen(GOAL, int(0.5 * RATE))  # the policy still asks for GOAL
     np.testing.assert_allclose(hold, pushed, atol=1e-9)  # re-anchored where the arm is: no force
-    assert st.level == st.ERROR and "tracking fault: shoulder_lift is 0.5" in st.message
+    # 0.5 from the last command; the span of the commands of the last max_age may reach a little closer.
+    dist = float(re.search(r"tracking fault: shoulder_lift is ([0-9.]+) from its commands", st.message).group(1))
+    assert st.level == st.ERROR and MAX_STEP[1] < dist <= 0.5 + 1e-3
     assert int(values["reanchors_tracking_fault"]) == 1
     assert rig.reset_estop().success
     rig.follow(GOAL)
@@ -548,7 +550,7 @@ def test_estop_hold_never_moves_when_the_arm_is_moved_by_hand(rig):
     moved = rig.since(t0)
     assert len(moved) > 10 and all(np.array_equal(x[1], hold) for x in moved), "the e-stop hold moved"
     st, values = rig.wait_status(lambda st, v: v["tracking_fault"] != "none")
-    assert "e-stop latched" in st.message and "tracking fault: shoulder_pan is 0.6" in st.message
+    assert "e-stop latched" in st.message and "tracking fault: shoulder_pan is 0.600" in st.message  # held still
     assert int(values.get("reanchors_tracking_fault", "0")) == 0
     t1 = time.monotonic()
     assert rig.reset_estop().success  # re-anchored where the operator left the arm
