@@ -1,15 +1,52 @@
-"""What every node shares: parameter declaration, the standard main(), time conversions, diagnostics."""
+"""What every node shares: parameter declaration, the standard main(), QoS, time conversions, diagnostics."""
 from __future__ import annotations
 
+import dataclasses
+import signal
 import sys
 import time
 from collections import deque
 
 import numpy as np
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import ParameterDescriptor
 
 from class_ros.errors import ClassRosError
+
+# Latched topics (~/estop, ~/success): a subscriber that joins late still gets the last value at once.
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def param(default, description: str, read_only: bool = True):
+    """A field of a node's parameter dataclass: its default (lists as tuples) and its ROS description."""
+    if isinstance(default, list):
+        default = tuple(default)
+    return dataclasses.field(default=default, metadata={"description": description, "read_only": read_only})
+
+
+def declare_params(node: Node, params_cls):
+    """Declare every field of the frozen dataclass `params_cls` as a parameter of `node`; return it filled in.
+
+    The values are read once; the dataclass's __post_init__ rejects bad ones with one sentence.
+    """
+    values = {}
+    for f in dataclasses.fields(params_cls):
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        node.declare_parameter(f.name, default, ParameterDescriptor(description=f.metadata["description"],
+                                                                    read_only=f.metadata["read_only"]))
+        value = node.get_parameter(f.name).value
+        values[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    return params_cls(**values)
+
+
+def autostart(node) -> None:
+    """Drive a lifecycle node through configure and activate (its `autostart` parameter); a failed
+    configure ends the node with the one sentence its on_configure left in `node.error`."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        raise ClassRosError(node.error or f"{node.get_name()} failed to configure.")
+    node.trigger_activate()
 
 
 def declare(node: Node, name: str, default, description: str, read_only: bool = False):
@@ -63,8 +100,13 @@ def key_values(values: dict):
 
 
 def run_node(node_factory, args=None) -> int:
-    """The standard main(): init, spin until Ctrl-C / shutdown, one-line error on bad parameters.
+    """The standard main(): init, spin until Ctrl-C / SIGTERM / shutdown, one-line error on bad parameters.
 
+    rclpy.init installs rclpy's signal handlers: SIGINT and SIGTERM shut the context down (SIGINT also
+    raises KeyboardInterrupt). Every way out of that is a normal stop and exits 0 without a traceback:
+    the interrupt, the executor seeing the context gone, or a callback whose publish failed because the
+    context went down under it. Once stopping, further signals are ignored (`ros2 launch` sends its own
+    SIGINT after the terminal's, then SIGTERM), so cleanup is not interrupted half-way.
     A SingleThreadedExecutor: rclpy's MultiThreadedExecutor busy-loops while a ready callback waits for
     its callback group (an inference timer makes that the common case) and starves the machine.
     """
@@ -73,19 +115,30 @@ def run_node(node_factory, args=None) -> int:
 
     rclpy.init(args=args)
     node = None
+    code = 0
     try:
         node = node_factory()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except ClassRosError as err:
-        print(f"{getattr(node_factory, '__name__', 'node')}: error: {err}", file=sys.stderr)
-        return 1
+        if rclpy.ok():  # a configure cut short by a signal is a stop, not an error
+            print(f"{getattr(node_factory, '__name__', 'node')}: error: {err}", file=sys.stderr)
+            code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise  # a real error while ROS was up
     finally:
+        ignore_stop_signals()
         if node is not None:
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-    return 0
+        rclpy.try_shutdown()
+    return code
+
+
+def ignore_stop_signals() -> None:
+    """From here on SIGINT and SIGTERM are ignored: the process is already stopping (main thread only)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

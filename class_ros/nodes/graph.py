@@ -54,12 +54,21 @@ def run(args: argparse.Namespace) -> int:
     extra = dict(run_dir=args.run_dir, policy=args.policy, camera_topic=args.camera_topic,
                  use_sim_time=args.use_sim_time)
     starter = start_processes if args.processes else start_in_process
-    with starter(specs, args.params, extra) as graph:
-        print(f"class-ros graph: running {[s.name for s in specs]} "
-              f"({'processes' if args.processes else 'one process'}); Ctrl-C stops it.")
-        end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
-        while time.monotonic() < end and graph.alive():
-            time.sleep(0.2)
+    # Ctrl-C and SIGTERM only ask the graph to stop: a second one during start-up or shutdown cannot cut
+    # either short (no half-destroyed nodes, no orphaned processes), and the stop exits 0 without a traceback.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with starter(specs, args.params, extra) as graph:
+            print(f"class-ros graph: running {[s.name for s in specs]} "
+                  f"({'processes' if args.processes else 'one process'}); Ctrl-C stops it.", flush=True)
+            end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
+            while not stop.is_set() and time.monotonic() < end and graph.alive():
+                stop.wait(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("class-ros graph: stopped.", flush=True)
     return 0
 
 
