@@ -191,9 +191,8 @@ def prefix(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from tiny_run import make_sim_layout_run
-    return make_sim_layout_run(tmp_path_factory.mktemp("launch_run"))
+def run_dir(sim_layout_run):
+    return sim_layout_run
 
 
 def sourced(prefix, command: str) -> list[str]:
@@ -322,20 +321,23 @@ def test_policy_launch_against_a_robot_node(prefix, run_dir, tmp_path):
     """Without sim:=true the graph drives whatever publishes /joint_states and the camera: here a test node."""
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
 
     from class_ros.sim.robot import HOME, JOINT_NAMES
     from ros_probe import Probe
 
     nodes = NODES - {"/sim_node"}
     probe = Probe({"cmd": (Float64MultiArray, "/forward_position_controller/commands"),
-                   "grip": (Float64MultiArray, "/gripper_controller/commands")})
+                   "grip": (Float64MultiArray, "/gripper_controller/commands"),
+                   "chunk": (JointTrajectory, "/policy_node/action_chunk")})
     launch = Launch(prefix, tmp_path / "policy.log", "policy.launch.py", f"run_dir:={run_dir}")
     try:
         joints = probe.publisher(JointState, "/joint_states", sensor=True)
         camera = probe.publisher(Image, "/camera/image_raw", sensor=True)
         frame = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
         end = time.monotonic() + 120.0
-        while len(probe.got["cmd"]) < 200 and time.monotonic() < end:  # the robot: 50 Hz state, 25 Hz camera
+        following = lambda: probe.count_between("cmd", (probe.times["chunk"] or [end])[0], end)  # noqa: E731
+        while following() < 100 and time.monotonic() < end:  # the robot: 50 Hz state, 25 Hz camera
             for _ in range(2):
                 msg = JointState(name=list(JOINT_NAMES), position=[float(v) for v in HOME])
                 msg.header.stamp = probe.node.get_clock().now().to_msg()
@@ -344,7 +346,7 @@ def test_policy_launch_against_a_robot_node(prefix, run_dir, tmp_path):
             img = Image(height=120, width=160, encoding="rgb8", step=480, data=frame.tobytes())
             img.header.stamp = probe.node.get_clock().now().to_msg()
             camera.publish(img)
-        assert len(probe.got["cmd"]) >= 200, launch.log.read_text()[-3000:]
+        assert following() >= 100, launch.log.read_text()[-3000:]  # 1 s of commands after the first chunk
         cmds = np.array([m.data for m in probe.got["cmd"]])
         grip = np.array([m.data for m in probe.got["grip"]])
         assert cmds.shape[1] == 6 and grip.shape[1] == 1

@@ -113,12 +113,17 @@ def run_node(node_factory, args=None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+    # A signal landing while rclpy builds its context or the executor leaves a half-made executor behind
+    # (rclpy then prints an ignored exception at exit): signals wait until both exist.
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     rclpy.init(args=args)
+    executor = SingleThreadedExecutor()
     node = None
     code = 0
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # a pending one is handled from here on
         node = node_factory()
-        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except ClassRosError as err:
