@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -100,13 +101,15 @@ def key_values(values: dict):
 
 
 def run_node(node_factory, args=None) -> int:
-    """The standard main(): init, spin until Ctrl-C / SIGTERM / shutdown, one-line error on bad parameters.
+    """The standard main(): init, spin until Ctrl-C / SIGTERM / shutdown, one-line error on bad parameters;
+    it ends the process (exit code 0, or 1 after that error).
 
     rclpy.init installs rclpy's signal handlers: SIGINT and SIGTERM shut the context down (SIGINT also
     raises KeyboardInterrupt). Every way out of that is a normal stop and exits 0 without a traceback:
     the interrupt, the executor seeing the context gone, or a callback whose publish failed because the
     context went down under it. Once stopping, further signals are ignored (`ros2 launch` sends its own
     SIGINT after the terminal's, then SIGTERM), so cleanup is not interrupted half-way.
+    The executor spins off the main thread (spin_off_main_thread), so a signal never interrupts it.
     A SingleThreadedExecutor: rclpy's MultiThreadedExecutor busy-loops while a ready callback waits for
     its callback group (an inference timer makes that the common case) and starves the machine.
     """
@@ -125,7 +128,7 @@ def run_node(node_factory, args=None) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # a pending one is handled from here on
         node = node_factory()
         executor.add_node(node)
-        executor.spin()
+        spin_off_main_thread(executor)
     except ClassRosError as err:
         if rclpy.ok():  # a configure cut short by a signal is a stop, not an error
             print(f"{getattr(node_factory, '__name__', 'node')}: error: {err}", file=sys.stderr)
@@ -140,7 +143,46 @@ def run_node(node_factory, args=None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    # Leave without the interpreter's final garbage collection and C++ static destructors: after a stop
+    # they can hang (a finalizer waiting on a lock a stopped thread held) or abort ("terminate called
+    # without an active exception") in rclpy / torch, although everything of ours is already released.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def spin_off_main_thread(executor) -> None:
+    """Spin `executor` in a worker thread until the context goes down; re-raise what the spin raised.
+
+    Python runs signal handlers in the main thread only, so Ctrl-C's KeyboardInterrupt lands in the wait
+    below, never half-way through rclpy's executor (interrupted there, it can deadlock the process at exit).
+    rclpy's own handler has shut the context down by then, which ends the spin at its next wake-up.
+    """
+    import threading
+
+    from rclpy.executors import ExternalShutdownException
+
+    errors: list[BaseException] = []
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            errors.append(err)
+
+    thread = threading.Thread(target=spin, name="executor", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        ignore_stop_signals()
+        thread.join(5.0)
+        executor.shutdown(timeout_sec=5.0)  # had the context stayed up, this stops the spin
+    if errors:
+        raise errors[0]
 
 
 def ignore_stop_signals() -> None:
