@@ -246,7 +246,7 @@ def assert_clean_exit(code: int, out: str, nodes: set[str]) -> None:
 
 @pytest.fixture(scope="module")
 def sim_graph(prefix, run_dir, tmp_path_factory):
-    """`ros2 launch class_ros policy.launch.py run_dir:=RUN sim:=true`, watched by a probe, up to its first command."""
+    """`ros2 launch class_ros policy.launch.py run_dir:=RUN sim:=true`, watched by a probe, once it runs."""
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64, Float64MultiArray
     from trajectory_msgs.msg import JointTrajectory
@@ -260,8 +260,11 @@ def sim_graph(prefix, run_dir, tmp_path_factory):
     launch = Launch(prefix, tmp_path_factory.mktemp("launch") / "policy_sim.log", "policy.launch.py",
                     f"run_dir:={run_dir}", "sim:=true")
     try:
-        assert probe.wait("cmd", 1, timeout=120.0), launch.log.read_text()[-3000:]
-        print(f"ros2 launch -> first command: {probe.times['cmd'][0] - launch.started:.1f} s")
+        # Up when a command follows a policy chunk (arm_command_node reports that chunk's latency): every
+        # node has loaded, so the tests measure the running graph, not its start-up.
+        assert probe.wait("latency", 1, timeout=180.0), launch.log.read_text()[-3000:]
+        print(f"ros2 launch -> first command {probe.times['cmd'][0] - launch.started:.1f} s, "
+              f"first command from a policy chunk {probe.times['latency'][0] - launch.started:.1f} s")
         yield launch, probe
     finally:
         launch.kill()
@@ -273,10 +276,10 @@ def test_policy_launch_with_sim_runs_the_graph(sim_graph, prefix):
     launch, probe = sim_graph
     listed = ros2(prefix, "node", "list", "--no-daemon", "--spin-time", "3")
     assert NODES <= set(listed.stdout.split()), listed.stdout + listed.stderr
-    # The command rate over a 3 s window, counted on arrival.
+    # The command rate over a 5 s window, counted on arrival.
     t0 = time.monotonic()
-    time.sleep(3.0)
-    rate = probe.count_between("cmd", t0, t0 + 3.0) / 3.0
+    time.sleep(5.0)
+    rate = probe.count_between("cmd", t0, t0 + 5.0) / 5.0
     latency_ms = 1e3 * np.array([m.data for m in probe.got["latency"]])
     print(f"command rate {rate:.1f} Hz; camera-to-command latency p50 {np.median(latency_ms):.1f} ms, "
           f"p99 {np.percentile(latency_ms, 99):.1f} ms over {len(latency_ms)} chunks")
