@@ -30,12 +30,13 @@ def make_sim_layout_run(out: Path, n_episodes: int = 3, length: int = 24) -> Pat
                              "obs/joint_pos": KeySchema("float32", (7,), "low_dim"),
                              "action": KeySchema("float32", (7,), "low_dim")},
                        joint_names=names, source="synthetic")
-    store = EpisodeStore.create(out / "dataset", meta, overwrite=True)
-    for ep in range(n_episodes):
-        ramp = np.linspace(0.0, SWEEP, length + 1)[:, None] * np.sign(rng.normal(size=7))[None]
-        q = (HOME[None] + ramp).astype(np.float32)
-        store.append_episode({"obs/agentview": rng.integers(0, 256, (length, 96, 96, 3), dtype=np.uint8),
-                              "obs/joint_pos": q[:-1], "action": q[1:]})
+    with EpisodeStore.build(out / "dataset", overwrite=True, lineage={"synthetic": "test/tiny_run.py"}) as b:
+        store = b.create(meta)
+        for _ in range(n_episodes):
+            ramp = np.linspace(0.0, SWEEP, length + 1)[:, None] * np.sign(rng.normal(size=7))[None]
+            q = (HOME[None] + ramp).astype(np.float32)
+            store.append_episode({"obs/agentview": rng.integers(0, 256, (length, 96, 96, 3), dtype=np.uint8),
+                                  "obs/joint_pos": q[:-1], "action": q[1:]})
     compute_positives(out / "dataset", out / "positives.npz", horizon=8, quantile=0.05, verbose=False)
     cfg = PretrainConfig(encoder=EncoderConfig(small_width=8, crop_size=88, num_keypoints=8, feature_dim=16),
                          batch_size=16, steps=1, warmup_steps=1, dist_horizon=8, save_every=1000)
