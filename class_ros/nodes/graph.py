@@ -66,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
             while not stop.is_set() and time.monotonic() < end and graph.alive():
                 stop.wait(0.2)
     finally:
+        # After a stop the process is on its way out: a late second Ctrl-C must not turn exit 0 into death
+        # by SIGINT, so stop signals stay ignored; otherwise (duration over, a node gone) the old handlers return.
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if stop.is_set() else handler)
     print("class-ros graph: stopped.", flush=True)
     return 0
 
