@@ -126,8 +126,9 @@ def run_node(node_factory, args=None) -> int:
     code = 0
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # a pending one is handled from here on
-        node = node_factory()
+        node = node_factory()  # Ctrl-C may interrupt the loading here: nothing spins yet
         executor.add_node(node)
+        quiet_sigint_while_spinning()
         spin_off_main_thread(executor)
     except ClassRosError as err:
         if rclpy.ok():  # a configure cut short by a signal is a stop, not an error
@@ -154,9 +155,9 @@ def run_node(node_factory, args=None) -> int:
 def spin_off_main_thread(executor) -> None:
     """Spin `executor` in a worker thread until the context goes down; re-raise what the spin raised.
 
-    Python runs signal handlers in the main thread only, so Ctrl-C's KeyboardInterrupt lands in the wait
-    below, never half-way through rclpy's executor (interrupted there, it can deadlock the process at exit).
-    rclpy's own handler has shut the context down by then, which ends the spin at its next wake-up.
+    Python runs signal handlers in the main thread only, so none ever runs half-way through rclpy's executor
+    (interrupted there, it can deadlock the process at exit); rclpy's own handler shuts the context down,
+    which ends the spin at its next wake-up.
     """
     import threading
 
@@ -174,15 +175,29 @@ def spin_off_main_thread(executor) -> None:
 
     thread = threading.Thread(target=spin, name="executor", daemon=True)
     thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.2)
-    except KeyboardInterrupt:
-        ignore_stop_signals()
-        thread.join(5.0)
-        executor.shutdown(timeout_sec=5.0)  # had the context stayed up, this stops the spin
+    while thread.is_alive():
+        thread.join(0.2)
     if errors:
         raise errors[0]
+
+
+def quiet_sigint_while_spinning() -> None:
+    """From here SIGINT, like SIGTERM, only shuts the context down (rclpy's handler) and raises nothing.
+
+    rclpy's handler chains to Python's SIGINT handler, which raises KeyboardInterrupt; a no-op in its place
+    keeps a second Ctrl-C from interrupting the cleanup. rclpy's handlers are re-installed around the swap
+    (with signals held), so no Python handler is changed while the executor runs: that crashed rclpy.
+    """
+    from rclpy.signals import SignalHandlerOptions, install_signal_handlers, uninstall_signal_handlers
+
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        uninstall_signal_handlers()
+        signal.signal(signal.SIGINT, lambda *_: None)
+        install_signal_handlers(SignalHandlerOptions.ALL)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
 
 def ignore_stop_signals() -> None:
