@@ -104,10 +104,9 @@ def run_node(node_factory, args=None) -> int:
     """The standard main(): init, spin until Ctrl-C / SIGTERM / shutdown, one-line error on bad parameters;
     it ends the process (exit code 0, or 1 after that error).
 
-    rclpy.init installs rclpy's signal handlers: SIGINT and SIGTERM shut the context down (SIGINT also
-    raises KeyboardInterrupt). Every way out of that is a normal stop and exits 0 without a traceback:
-    the interrupt, the executor seeing the context gone, or a callback whose publish failed because the
-    context went down under it. Once stopping, further signals are ignored (`ros2 launch` sends its own
+    rclpy.init installs rclpy's signal handlers: SIGINT and SIGTERM shut the context down. Every way out
+    of that is a normal stop and exits 0 without a traceback: the executor seeing the context gone, a
+    callback whose publish failed because the context went down under it, a configure cut short. Once stopping, further signals are ignored (`ros2 launch` sends its own
     SIGINT after the terminal's, then SIGTERM), so cleanup is not interrupted half-way.
     The executor spins off the main thread (spin_off_main_thread), so a signal never interrupts it.
     A SingleThreadedExecutor: rclpy's MultiThreadedExecutor busy-loops while a ready callback waits for
@@ -120,15 +119,18 @@ def run_node(node_factory, args=None) -> int:
     # (rclpy then prints an ignored exception at exit): signals wait until both exist.
     stops = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    # rclpy's handler (installed by init) shuts the context down, then chains to Python's SIGINT handler:
+    # a no-op there, so Ctrl-C never raises KeyboardInterrupt - not inside torch's import (pybind11 then
+    # aborts the process), not inside rclpy's executor (it can deadlock at exit), not in the cleanup.
+    signal.signal(signal.SIGINT, lambda *_: None)
     rclpy.init(args=args)
     executor = SingleThreadedExecutor()
     node = None
     code = 0
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # a pending one is handled from here on
-        node = node_factory()  # Ctrl-C may interrupt the loading here: nothing spins yet
+        node = node_factory()  # a stop during loading takes effect once it is done (the context is down)
         executor.add_node(node)
-        quiet_sigint_while_spinning()
         spin_off_main_thread(executor)
     except ClassRosError as err:
         if rclpy.ok():  # a configure cut short by a signal is a stop, not an error
@@ -179,25 +181,6 @@ def spin_off_main_thread(executor) -> None:
         thread.join(0.2)
     if errors:
         raise errors[0]
-
-
-def quiet_sigint_while_spinning() -> None:
-    """From here SIGINT, like SIGTERM, only shuts the context down (rclpy's handler) and raises nothing.
-
-    rclpy's handler chains to Python's SIGINT handler, which raises KeyboardInterrupt; a no-op in its place
-    keeps a second Ctrl-C from interrupting the cleanup. rclpy's handlers are re-installed around the swap
-    (with signals held), so no Python handler is changed while the executor runs: that crashed rclpy.
-    """
-    from rclpy.signals import SignalHandlerOptions, install_signal_handlers, uninstall_signal_handlers
-
-    stops = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-    try:
-        uninstall_signal_handlers()
-        signal.signal(signal.SIGINT, lambda *_: None)
-        install_signal_handlers(SignalHandlerOptions.ALL)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
 
 def ignore_stop_signals() -> None:
