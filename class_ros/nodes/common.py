@@ -106,9 +106,9 @@ def run_node(node_factory, args=None) -> int:
 
     rclpy.init installs rclpy's signal handlers: SIGINT and SIGTERM shut the context down. Every way out
     of that is a normal stop and exits 0 without a traceback: the executor seeing the context gone, a
-    callback whose publish failed because the context went down under it, a configure cut short. Once stopping, further signals are ignored (`ros2 launch` sends its own
-    SIGINT after the terminal's, then SIGTERM), so cleanup is not interrupted half-way.
-    The executor spins off the main thread (spin_off_main_thread), so a signal never interrupts it.
+    callback whose publish failed because the context went down under it, a configure cut short. Later
+    signals (`ros2 launch` sends its own SIGINT after the terminal's, then SIGTERM) change nothing, so the
+    cleanup is never cut short. The executor spins off the main thread (spin_off_main_thread).
     A SingleThreadedExecutor: rclpy's MultiThreadedExecutor busy-loops while a ready callback waits for
     its callback group (an inference timer makes that the common case) and starves the machine.
     """
@@ -142,7 +142,6 @@ def run_node(node_factory, args=None) -> int:
         if rclpy.ok():
             raise  # a real error while ROS was up
     finally:
-        ignore_stop_signals()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
@@ -181,9 +180,3 @@ def spin_off_main_thread(executor) -> None:
         thread.join(0.2)
     if errors:
         raise errors[0]
-
-
-def ignore_stop_signals() -> None:
-    """From here on SIGINT and SIGTERM are ignored: the process is already stopping (main thread only)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
