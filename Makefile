@@ -1,15 +1,20 @@
 # The two commands: `make demo` (the whole pipeline on the built-in sim) and `make test`.
-# Both run `make setup` first, which is idempotent and fast once done.
+# Both run `make setup` first, which is idempotent and fast once done; it ends with `make install`.
 VENV := .venv
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_LOCALHOST_ONLY := 1
 export MUJOCO_GL := egl
 export PYOPENGL_PLATFORM := egl
 
-.PHONY: setup test demo bench clean
+.PHONY: setup install test demo bench clean
 
 setup:
 	@bash scripts/setup.sh
+	@$(MAKE) --no-print-directory install
+
+# The ament install prefix (install/, with install/setup.bash), as `colcon build --symlink-install` lays it out.
+install:
+	@$(VENV)/bin/python scripts/install_prefix.py --prefix install
 
 test: setup
 	$(VENV)/bin/python -m pytest test $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """Camera, embedding, policy and arm-command nodes for a ros2_control arm; `sim:=true` adds the MuJoCo sim.
 
-    ros2 launch class_ros policy.launch.py run_dir:=/abs/path/runs/demo/class_run sim:=true
+    ros2 launch class_ros policy.launch.py run_dir:=runs/demo/class_run sim:=true
 
 The nodes, their parameter files and remappings come from class_ros.nodes.topology, which
 `class-ros graph` reads too, so both start the same graph from the same YAML.
@@ -20,6 +20,7 @@ def nodes(context):
     """The graph's Node actions, built once the launch arguments are known."""
     arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     share = get_package_share_directory("class_ros")
+    run_dir = topology.check_run_dir(arg("run_dir"))  # a wrong run stops the launch with one line, before any node
     policy = arg("policy")
     use_sim_time = arg("use_sim_time").lower() == "true"
     respawn = arg("respawn").lower() == "true"
@@ -27,7 +28,7 @@ def nodes(context):
     actions = []
     for spec in specs:
         files = [f if os.path.isabs(f) else os.path.join(share, f) for f in spec.params]
-        params = topology.overrides(spec.name, run_dir=arg("run_dir"), policy=policy,
+        params = topology.overrides(spec.name, run_dir=run_dir, policy=policy,
                                     camera_topic=arg("camera_topic"), use_sim_time=use_sim_time)
         # Each node is its own process: a dead one never takes arm_command_node (the hold) with it.
         actions.append(Node(package="class_ros", executable=spec.name, name=spec.name, output="screen",
@@ -38,7 +39,7 @@ def nodes(context):
 
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument("run_dir", description="trained run directory (absolute path)"),
+        DeclareLaunchArgument("run_dir", description="trained run directory (absolute, or relative to this folder)"),
         DeclareLaunchArgument("policy", default_value="retrieval", choices=["retrieval", "diffusion"],
                               description="retrieval (kNN over CLASS embeddings) or diffusion"),
         DeclareLaunchArgument("sim", default_value="false", choices=["true", "false"],

@@ -21,3 +21,10 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip("../shared/realdata is not present")
     return REALDATA
+
+
+@pytest.fixture(scope="session")
+def sim_layout_run(tmp_path_factory) -> Path:
+    """A retrieval run in the built-in sim's layout, made in seconds (test/tiny_run.py), for graph tests."""
+    from tiny_run import make_sim_layout_run
+    return make_sim_layout_run(tmp_path_factory.mktemp("sim_layout_run"))

@@ -56,3 +56,35 @@ def test_pip_console_scripts_exist():
     bindir = Path(sys.executable).parent
     for exe in NODES + ["class-ros"]:
         assert (bindir / exe).is_file(), f"{exe} missing: run `make setup`"
+
+
+def test_install_prefix_lays_out_an_ament_package_and_a_setup_bash(tmp_path):
+    """`make install`: the colcon layout from links to the source, usable after `source setup.bash`, venv untouched."""
+    prefix = tmp_path / "install"
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_packages = Path(sys.executable).parent.parent / "lib" / version
+    before = sorted(p.name for p in (site_packages / "site-packages").iterdir())
+    for _ in range(2):  # idempotent
+        subprocess.run([sys.executable, str(REPO / "scripts/install_prefix.py"), "--prefix", str(prefix)], check=True,
+                       capture_output=True)
+    assert sorted(p.name for p in (site_packages / "site-packages").iterdir()) == before
+    assert (prefix / "share/ament_index/resource_index/packages/class_ros").is_file()
+    assert (prefix / "share/class_ros/package.xml").resolve() == REPO / "package.xml"
+    for launch in (REPO / "launch").glob("*.launch.py"):
+        assert (prefix / "share/class_ros/launch" / launch.name).resolve() == launch
+    for cfg in (REPO / "config").rglob("*.yaml"):
+        assert (prefix / "share/class_ros" / cfg.relative_to(REPO)).resolve() == cfg
+    for exe in NODES + ["class-ros"]:
+        assert os.access(prefix / "lib/class_ros" / exe, os.X_OK), exe
+    # A user's shell: source it, then the ament index, the executables and the package resolve to this tree.
+    check = ("from ament_index_python.packages import get_package_prefix, get_package_share_directory; "
+             "import class_ros; print(get_package_prefix('class_ros')); print(class_ros.__file__)")
+    out = subprocess.run(["bash", "-c", f"source {prefix}/setup.bash && source {prefix}/setup.bash && "
+                                        f"python -c \"{check}\" && echo $AMENT_PREFIX_PATH && "
+                                        f"{prefix}/lib/class_ros/class-ros --help"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "AMENT_PREFIX_PATH": ""})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == str(prefix) and Path(lines[1]).resolve() == REPO / "class_ros/__init__.py"
+    assert lines[2] == str(prefix)  # sourced twice, listed once
+    assert "usage: class-ros" in out.stdout

@@ -13,12 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ros_probe import Probe
 
 pytest.importorskip("training.sim_demos")
 pytest.importorskip("training.pretrain")
@@ -68,43 +68,6 @@ def random_run(demos):
 @pytest.fixture(scope="module")
 def trained_run(demos):
     return pretrain_run(demos, demos / "class_run", steps=TRAIN_STEPS)
-
-
-class Probe:
-    """A test node: publishes raw inputs, collects outputs."""
-
-    def __init__(self, topics):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import qos_profile_sensor_data
-
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("probe", context=self.ctx)
-        self.got = {name: [] for name in topics}
-        for name, (msg_type, topic) in topics.items():
-            self.node.create_subscription(msg_type, topic, lambda m, n=name: self.got[n].append(m),
-                                          qos_profile_sensor_data if "image" in topic else 10)
-        self.ex = SingleThreadedExecutor(context=self.ctx)
-        self.ex.add_node(self.node)
-        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
-        self.thread.start()
-
-    def publisher(self, msg_type, topic, sensor=False):
-        from rclpy.qos import qos_profile_sensor_data
-        return self.node.create_publisher(msg_type, topic, qos_profile_sensor_data if sensor else 10)
-
-    def wait(self, name, count=1, timeout=30.0):
-        end = time.monotonic() + timeout
-        while len(self.got[name]) < count and time.monotonic() < end:
-            time.sleep(0.02)
-        return len(self.got[name]) >= count
-
-    def close(self):
-        self.ex.shutdown()
-        self.thread.join(timeout=5)
-        self.node.destroy_node()
-        self.ctx.try_shutdown()
 
 
 def stamp(sec, nanosec=0):

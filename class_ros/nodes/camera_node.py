@@ -13,6 +13,7 @@ and reason, never per frame; arm_command_node reads those counts to say why the 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
@@ -21,7 +22,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from class_ros.errors import ClassRosError
 from class_ros.data.images import UnsupportedEncoding
-from class_ros.nodes.common import RateMeter, declare, key_values, require, run_node
+from class_ros.nodes.common import RateMeter, declare_params, key_values, param, require, run_node
 
 
 def output_topic(i: int) -> str:
@@ -29,28 +30,37 @@ def output_topic(i: int) -> str:
     return "~/image" if i == 0 else f"~/image_{i}"
 
 
+@dataclass(frozen=True)
+class CameraParams:
+    """camera_node's parameters, read once at start-up (all read-only)."""
+
+    input_topics: tuple[str, ...] = param(["/camera/image_raw"], "camera topics to subscribe to")
+    compressed: bool = param(False, "inputs are sensor_msgs/CompressedImage")
+    image_size: tuple[int, ...] = param([96, 96], "output (height, width): the model input")
+    crop: tuple[int, ...] = param([0, 0, 0, 0],
+                                  "crop box (top, left, height, width) before resizing; all zeros for none")
+
+    def __post_init__(self):
+        topics = list(self.input_topics)
+        require(len(topics) > 0 and all(topics), f"input_topics must list at least one topic, got {topics}.")
+        require(len(self.image_size) == 2 and min(self.image_size) > 0,
+                f"image_size must be two positive integers (height, width), got {list(self.image_size)}.")
+        require(len(self.crop) == 4, f"crop must be (top, left, height, width), got {list(self.crop)}.")
+
+
 class CameraNode(Node):
     """Decode, crop, resize and republish camera frames."""
 
     def __init__(self, **kwargs):
         super().__init__("camera_node", **kwargs)
-        p = {}
-        p["input_topics"] = declare(self, "input_topics", ["/camera/image_raw"], "camera topics to subscribe to", True)
-        p["compressed"] = declare(self, "compressed", False, "inputs are sensor_msgs/CompressedImage", True)
-        p["image_size"] = declare(self, "image_size", [96, 96], "output (height, width): the model input", True)
-        p["crop"] = declare(self, "crop", [0, 0, 0, 0],
-                            "crop box (top, left, height, width) before resizing; all zeros for none", True)
-        topics = list(p["input_topics"])
-        require(len(topics) > 0 and all(topics), f"input_topics must list at least one topic, got {topics}.")
-        require(len(p["image_size"]) == 2 and min(p["image_size"]) > 0,
-                f"image_size must be two positive integers (height, width), got {list(p['image_size'])}.")
-        require(len(p["crop"]) == 4, f"crop must be (top, left, height, width), got {list(p['crop'])}.")
-        self.size = tuple(int(v) for v in p["image_size"])
-        self.crop = None if not any(p["crop"]) else tuple(int(v) for v in p["crop"])
+        self.p = p = declare_params(self, CameraParams)
+        topics = list(p.input_topics)
+        self.size = tuple(int(v) for v in p.image_size)
+        self.crop = None if not any(p.crop) else tuple(int(v) for v in p.crop)
         self.errors: Counter = Counter()  # (topic, reason) -> frames dropped
         self.last_error = ""  # the newest decode failure, for the diagnostics message
         self.rate = RateMeter()
-        msg_type = CompressedImage if p["compressed"] else Image
+        msg_type = CompressedImage if p.compressed else Image
         self.pubs = []
         for i, topic in enumerate(topics):
             pub = self.create_publisher(Image, output_topic(i), qos_profile_sensor_data)

@@ -37,11 +37,12 @@ class EpisodeDriver:
         self.latency: list[float] = []
         self.recording = False
         self.Bool, self.Trigger = Bool, Trigger
-        self.estop_pub = self.node.create_publisher(Bool, "/arm_command_node/estop", 10)
+        from class_ros.nodes.common import LATCHED
+        self.estop_pub = self.node.create_publisher(Bool, "/arm_command_node/estop", LATCHED)
         self.reset_sim = self.node.create_client(Trigger, "/sim_node/reset")
         self.reset_estop = self.node.create_client(Trigger, "/arm_command_node/reset_estop")
         self.sim_params = AsyncParameterClient(self.node, "sim_node")
-        self.node.create_subscription(Bool, "/sim_node/success", self._on_success, 10)
+        self.node.create_subscription(Bool, "/sim_node/success", self._on_success, LATCHED)
         self.node.create_subscription(Float64, "/arm_command_node/latency", self._on_latency, 100)
         from rosgraph_msgs.msg import Clock
         self.sim_time = 0.0  # seconds since the sim's last reset, from /clock

@@ -1,15 +1,53 @@
-"""What every node shares: parameter declaration, the standard main(), time conversions, diagnostics."""
+"""What every node shares: parameter declaration, the standard main(), QoS, time conversions, diagnostics."""
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import sys
 import time
 from collections import deque
 
 import numpy as np
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import ParameterDescriptor
 
 from class_ros.errors import ClassRosError
+
+# Latched topics (~/estop, ~/success): a subscriber that joins late still gets the last value at once.
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def param(default, description: str, read_only: bool = True):
+    """A field of a node's parameter dataclass: its default (lists as tuples) and its ROS description."""
+    if isinstance(default, list):
+        default = tuple(default)
+    return dataclasses.field(default=default, metadata={"description": description, "read_only": read_only})
+
+
+def declare_params(node: Node, params_cls):
+    """Declare every field of the frozen dataclass `params_cls` as a parameter of `node`; return it filled in.
+
+    The values are read once; the dataclass's __post_init__ rejects bad ones with one sentence.
+    """
+    values = {}
+    for f in dataclasses.fields(params_cls):
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        node.declare_parameter(f.name, default, ParameterDescriptor(description=f.metadata["description"],
+                                                                    read_only=f.metadata["read_only"]))
+        value = node.get_parameter(f.name).value
+        values[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    return params_cls(**values)
+
+
+def autostart(node) -> None:
+    """Drive a lifecycle node through configure and activate (its `autostart` parameter); a failed
+    configure ends the node with the one sentence its on_configure left in `node.error`."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        raise ClassRosError(node.error or f"{node.get_name()} failed to configure.")
+    node.trigger_activate()
 
 
 def declare(node: Node, name: str, default, description: str, read_only: bool = False):
@@ -63,32 +101,85 @@ def key_values(values: dict):
 
 
 def run_node(node_factory, args=None) -> int:
-    """The standard main(): init, spin until Ctrl-C / shutdown, one-line error on bad parameters.
+    """The standard main(): init, spin until Ctrl-C / SIGTERM / shutdown, one-line error on bad parameters;
+    it ends the process (exit code 0, or 1 after that error).
 
+    rclpy.init installs rclpy's signal handlers: SIGINT and SIGTERM shut the context down. Every way out
+    of that is a normal stop and exits 0 without a traceback: the executor seeing the context gone, a
+    callback whose publish failed because the context went down under it, a configure cut short. Later
+    signals (`ros2 launch` sends its own SIGINT after the terminal's, then SIGTERM) change nothing, so the
+    cleanup is never cut short. The executor spins off the main thread (spin_off_main_thread).
     A SingleThreadedExecutor: rclpy's MultiThreadedExecutor busy-loops while a ready callback waits for
     its callback group (an inference timer makes that the common case) and starves the machine.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+    # A signal landing while rclpy builds its context or the executor leaves a half-made executor behind
+    # (rclpy then prints an ignored exception at exit): signals wait until both exist.
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    # rclpy's handler (installed by init) shuts the context down, then chains to Python's SIGINT handler:
+    # a no-op there, so Ctrl-C never raises KeyboardInterrupt - not inside torch's import (pybind11 then
+    # aborts the process), not inside rclpy's executor (it can deadlock at exit), not in the cleanup.
+    signal.signal(signal.SIGINT, lambda *_: None)
     rclpy.init(args=args)
+    executor = SingleThreadedExecutor()
     node = None
+    code = 0
     try:
-        node = node_factory()
-        executor = SingleThreadedExecutor()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # a pending one is handled from here on
+        node = node_factory()  # a stop during loading takes effect once it is done (the context is down)
         executor.add_node(node)
-        executor.spin()
+        spin_off_main_thread(executor)
     except ClassRosError as err:
-        print(f"{getattr(node_factory, '__name__', 'node')}: error: {err}", file=sys.stderr)
-        return 1
+        if rclpy.ok():  # a configure cut short by a signal is a stop, not an error
+            print(f"{getattr(node_factory, '__name__', 'node')}: error: {err}", file=sys.stderr)
+            code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise  # a real error while ROS was up
     finally:
         if node is not None:
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-    return 0
+        rclpy.try_shutdown()
+    # Leave without the interpreter's final garbage collection and C++ static destructors: after a stop
+    # they can hang (a finalizer waiting on a lock a stopped thread held) or abort ("terminate called
+    # without an active exception") in rclpy / torch, although everything of ours is already released.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def spin_off_main_thread(executor) -> None:
+    """Spin `executor` in a worker thread until the context goes down; re-raise what the spin raised.
+
+    Python runs signal handlers in the main thread only, so none ever runs half-way through rclpy's executor
+    (interrupted there, it can deadlock the process at exit); rclpy's own handler shuts the context down,
+    which ends the spin at its next wake-up.
+    """
+    import threading
+
+    from rclpy.executors import ExternalShutdownException
+
+    errors: list[BaseException] = []
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            errors.append(err)
+
+    thread = threading.Thread(target=spin, name="executor", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if errors:
+        raise errors[0]
 
 
 class CallbackGuard:

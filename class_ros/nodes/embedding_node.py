@@ -2,6 +2,7 @@
 
 Usage:
     embedding_node --ros-args --params-file config/policy.yaml -p run_dir:=runs/class
+    (a lifecycle node: with autostart:=false, `ros2 lifecycle set /embedding_node configure|activate`)
 
 Subscriptions only store the latest messages; a timer in its own callback group encodes the newest
 frame with the run's EMA encoder and publishes `~/embedding` (a 1 x F 32FC1 sensor_msgs/Image) with
@@ -9,15 +10,18 @@ the source frame's header, so the stamp travels on to the command.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes.camera_node import output_topic
-from class_ros.nodes.common import CallbackGuard, RateMeter, declare, require, run_node, stamp_to_sec
+from class_ros.nodes.common import (CallbackGuard, RateMeter, autostart, declare_params, param, require, run_node,
+                                    stamp_to_sec)
 from class_ros.nodes.observation import JointStateBuffer, feature_to_image, image_to_array
 
 
@@ -32,41 +36,99 @@ def observation_layout(policy) -> tuple[list[str], str | None]:
     return list(cfg.image_keys), (cfg.proprio_keys[0] if cfg.proprio_keys else None)
 
 
-class EmbeddingNode(Node):
-    """Encodes observations on a timer, never in a subscription callback."""
+@dataclass(frozen=True)
+class EmbeddingParams:
+    """embedding_node's parameters, read once at start-up (all read-only)."""
+
+    run_dir: str = param("", "pre-training run (with a retrieval index)")
+    device: str = param("cpu", "torch device of the encoder")
+    poll_hz: float = param(200.0, "how often the timer looks for a new frame")
+    joint_states_topic: str = param("/joint_states", "joint states topic")
+    torch_threads: int = param(1, "CPU threads for the encoder; 1 keeps OpenMP's busy-waiting threads from starving "
+                                  "the other nodes of a one-process graph")
+    autostart: bool = param(True, "configure and activate at start-up")
+
+    def __post_init__(self):
+        require(self.poll_hz > 0, f"poll_hz must be positive, got {self.poll_hz}.")
+
+
+class EmbeddingNode(LifecycleNode):
+    """Encodes observations on a timer, never in a subscription callback.
+
+    Lifecycle (as ros2/demos lifecycle_py): configure loads the encoder and makes the subscriptions, the
+    lifecycle `~/embedding` publisher and the timer; activate enables the publisher; deactivate disables
+    it (the timer then skips encoding); cleanup and shutdown destroy what configure made.
+    """
 
     def __init__(self, **kwargs):
         super().__init__("embedding_node", **kwargs)
-        p = {}
-        p["run_dir"] = declare(self, "run_dir", "", "pre-training run (with a retrieval index)", True)
-        p["device"] = declare(self, "device", "cpu", "torch device of the encoder", True)
-        p["poll_hz"] = declare(self, "poll_hz", 200.0, "how often the timer looks for a new frame", True)
-        p["joint_states_topic"] = declare(self, "joint_states_topic", "/joint_states", "joint states topic", True)
-        require(bool(p["run_dir"]), "run_dir is not set; give the trained run with `class-ros graph --run-dir RUN` or "
-                "`run_dir:=RUN` to the launch file.")
-        require(p["poll_hz"] > 0, f"poll_hz must be positive, got {p['poll_hz']}.")
-        p["torch_threads"] = declare(self, "torch_threads", 1,
-                                     "CPU threads for the encoder; 1 keeps OpenMP's busy-waiting threads from starving "
-                                     "the other nodes of a one-process graph", True)
-        import torch
-        torch.set_num_threads(max(1, int(p["torch_threads"])))
-        from class_ros.policy import load_policy
-        self.policy = load_policy(p["run_dir"], "retrieval", p["device"])
-        self.cameras, self.proprio = observation_layout(self.policy)
-        self.joints = JointStateBuffer(self.policy.joint_names)
+        self.p = declare_params(self, EmbeddingParams)
+        self.error = ""  # why the last configure failed
+        self.policy = None
+        self.pub = None
+        self.timer = None
+        self.subscriptions_made = []
         self.latest: dict[str, Image] = {}
         self.done_stamp = None
         self.rate = RateMeter()
-        for i, cam in enumerate(self.cameras):
-            self.create_subscription(Image, output_topic(i), lambda m, c=cam: self.latest.__setitem__(c, m),
-                                     qos_profile_sensor_data)
-        self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_state, qos_profile_sensor_data)
-        self.pub = self.create_publisher(Image, "~/embedding", 10)
-        self.embed_once(self._dummy_observation())  # warm-up: the first torch call is slow
         self.guard = CallbackGuard(self.get_logger())  # a failing frame is skipped, never fatal
-        self.create_timer(1.0 / p["poll_hz"], self.guard.wrap("encode", self._tick),
-                          callback_group=MutuallyExclusiveCallbackGroup())
-        self.get_logger().info(f"encoding {self.cameras} + {self.proprio} from {p['run_dir']}")
+        if self.p.autostart:
+            autostart(self)
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        self.error = ""
+        try:
+            require(bool(self.p.run_dir), "run_dir is not set; give the trained run with `class-ros graph --run-dir "
+                    "RUN` or `run_dir:=RUN` to the launch file.")
+            import torch
+            torch.set_num_threads(max(1, int(self.p.torch_threads)))
+            from class_ros.policy import load_policy
+            self.policy = load_policy(self.p.run_dir, "retrieval", self.p.device)
+            self.cameras, self.proprio = observation_layout(self.policy)
+            self.embed_once(self._dummy_observation())  # warm-up: the first torch call is slow
+        except ClassRosError as err:
+            self._release()
+            self.error = str(err)
+            self.get_logger().error(self.error)
+            return TransitionCallbackReturn.FAILURE
+        self.joints = JointStateBuffer(self.policy.joint_names)
+        self.latest = {}
+        self.subscriptions_made = [
+            self.create_subscription(Image, output_topic(i), lambda m, c=cam: self.latest.__setitem__(c, m),
+                                     qos_profile_sensor_data) for i, cam in enumerate(self.cameras)]
+        self.subscriptions_made.append(self.create_subscription(JointState, self.p.joint_states_topic,
+                                                                self._on_joint_state, qos_profile_sensor_data))
+        self.pub = self.create_lifecycle_publisher(Image, "~/embedding", 10)
+        self.timer = self.create_timer(1.0 / self.p.poll_hz, self.guard.wrap("encode", self._tick),
+                                       callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(f"encoding {self.cameras} + {self.proprio} from {self.p.run_dir}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self.done_stamp = None
+        return super().on_activate(state)  # enables the lifecycle publisher
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Destroy what on_configure made: timer, publisher, subscriptions, the loaded encoder."""
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+            self.timer = None
+        if self.pub is not None:
+            self.destroy_lifecycle_publisher(self.pub)
+            self.pub = None
+        for sub in self.subscriptions_made:
+            self.destroy_subscription(sub)
+        self.subscriptions_made = []
+        self.policy = None
 
     def _on_joint_state(self, msg: JointState) -> None:
         if not self.joints.add(msg):
@@ -85,6 +147,8 @@ class EmbeddingNode(Node):
         return self.policy.embed(obs)
 
     def _tick(self) -> None:
+        if self.pub is None or not self.pub.is_activated:
+            return  # inactive: no encoding either
         msgs = [self.latest.get(c) for c in self.cameras]
         if any(m is None for m in msgs):
             return

@@ -64,15 +64,22 @@ def run(args: argparse.Namespace) -> int:
     extra = dict(run_dir=args.run_dir, policy=args.policy, camera_topic=args.camera_topic,
                  use_sim_time=args.use_sim_time)
     starter = start_processes if args.processes else start_in_process
+    # Ctrl-C and SIGTERM only ask the graph to stop: a second one during start-up or shutdown cannot cut
+    # either short (no half-destroyed nodes, no orphaned processes), and the stop exits 0 without a traceback.
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # SIGTERM: a requested stop
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with starter(specs, args.params, extra) as graph:
             print(f"class-ros graph: running {[s.name for s in specs]} "
                   f"({'processes' if args.processes else 'one process'}); Ctrl-C stops it.", flush=True)
-            return supervise(graph, args.duration, args.respawn, stop)
+            code = supervise(graph, args.duration, args.respawn, stop)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # After a stop the process is on its way out: a late second Ctrl-C must not turn exit 0 into death
+        # by SIGINT, so stop signals stay ignored; otherwise (duration over, a node gone) the old handlers return.
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_IGN if stop.is_set() else handler)
+    print("class-ros graph: stopped.", flush=True)
+    return code
 
 
 RESPAWN_LIMIT = 5  # restarts per node before the graph gives up on it
@@ -106,7 +113,7 @@ def supervise(graph, duration: float = 0.0, respawn: bool = False, stop: threadi
                 return _dead_status(given_up)
             print(f"class-ros graph: {name} {why}; {COMMAND_NODE} keeps holding the arm. Stop the graph to "
                   f"restart it (or run with --processes --respawn).", file=sys.stderr, flush=True)
-        time.sleep(0.1)
+        stop.wait(0.1)
     return _dead_status(given_up)
 
 

@@ -5,7 +5,8 @@ Usage:
     (with autostart:=false, drive it with `ros2 lifecycle set /policy_node configure|activate`)
 
 configure: load the run (retrieval index or diffusion model), check its action kind and names against
-the parameters, warm it up. activate: publish chunks. deactivate: stop publishing.
+the parameters, warm it up. activate: publish chunks. deactivate: stop publishing (and inferring);
+`ros2 lifecycle set /policy_node deactivate` pauses the policy, `activate` resumes it.
 Retrieval reads `~/embedding` (embedding_node); diffusion reads `~/image` and /joint_states itself.
 Chunks carry the observation's stamp; point k is due at stamp + k * dt (dt = 1 / the run's control rate).
 By default a new chunk follows every (n_action_steps - 1) steps, so each chunk runs open loop as the
@@ -14,6 +15,8 @@ The retrieval confidence gate: when the nearest demonstration is further than `m
 (1 - cos), no chunk is sent (the arm holds after its chunk timeout) and /diagnostics says why.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -24,8 +27,8 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from class_ros.errors import ClassRosError
-from class_ros.nodes.common import CallbackGuard, RateMeter, declare, key_values, now_sec, require, run_node, \
-    stamp_to_sec
+from class_ros.nodes.common import (CallbackGuard, RateMeter, autostart, declare_params, key_values, now_sec, param,
+                                    require, run_node, stamp_to_sec)
 from class_ros.nodes.observation import JointStateBuffer, image_to_array, image_to_feature
 from class_ros.policy import POLICY_KINDS
 
@@ -89,7 +92,7 @@ class ObservationInput:
         self.subscriptions = [
             node.create_subscription(Image, output_topic(i), lambda m, c=cam: self.latest.__setitem__(c, m),
                                      qos_profile_sensor_data) for i, cam in enumerate(self.cameras)]
-        self.subscriptions.append(node.create_subscription(JointState, node.p["joint_states_topic"], self.joints.add,
+        self.subscriptions.append(node.create_subscription(JointState, node.p.joint_states_topic, self.joints.add,
                                                            qos_profile_sensor_data))
 
     def warm_up(self) -> None:
@@ -121,78 +124,93 @@ INPUTS = {"retrieval": EmbeddingInput, "diffusion": ObservationInput}
 assert set(INPUTS) == set(POLICY_KINDS)
 
 
+@dataclass(frozen=True)
+class PolicyParams:
+    """policy_node's parameters, read once at start-up (all read-only)."""
+
+    run_dir: str = param("", "run directory to load on configure")
+    policy: str = param("retrieval", "retrieval or diffusion")
+    device: str = param("cpu", "torch device")
+    action_kind: str = param("joint_position", "action kind the robot side sends")
+    action_names: tuple[str, ...] = param([""], "action names the robot side expects, in order")
+    max_nearest_distance: float = param(2.0, "retrieval OOD gate: max 1 - cos to the nearest demo frame (2: off)")
+    poll_hz: float = param(200.0, "how often the timer looks for a new observation")
+    replan_period: float = param(-1.0, "seconds between chunks: < 0 = (n_action_steps - 1) / the run's rate (each "
+                                       "chunk runs open loop, as the method executes it), 0 = a chunk per new "
+                                       "observation")
+    autostart: bool = param(True, "configure and activate at start-up")
+    joint_states_topic: str = param("/joint_states", "joint states (diffusion)")
+
+    def __post_init__(self):
+        require(self.policy in POLICY_KINDS, f"policy must be one of {POLICY_KINDS}, got {self.policy!r}.")
+        names = list(self.action_names)
+        require(len(names) > 0 and all(names) and len(set(names)) == len(names),
+                f"action_names must be a list of distinct non-empty names, got {names}.")
+        require(self.poll_hz > 0, f"poll_hz must be positive, got {self.poll_hz}.")
+
+
 class PolicyNode(LifecycleNode):
-    """Runs the policy on a timer in its own callback group on the newest observation."""
+    """Runs the policy on a timer in its own callback group on the newest observation.
+
+    Lifecycle (as ros2/demos lifecycle_py): configure loads the run and makes the inputs, the lifecycle
+    chunk publisher and the inference timer; activate enables the publisher; deactivate disables it (the
+    timer then skips inference); cleanup and shutdown destroy what configure made.
+    """
 
     def __init__(self, **kwargs):
         super().__init__("policy_node", **kwargs)
-        p = {}
-        p["run_dir"] = declare(self, "run_dir", "", "run directory to load on configure", True)
-        p["policy"] = declare(self, "policy", "retrieval", "retrieval or diffusion", True)
-        p["device"] = declare(self, "device", "cpu", "torch device", True)
-        p["action_kind"] = declare(self, "action_kind", "joint_position", "action kind the robot side sends", True)
-        p["action_names"] = declare(self, "action_names", [""], "action names the robot side expects, in order", True)
-        p["max_nearest_distance"] = declare(self, "max_nearest_distance", 2.0,
-                                            "retrieval OOD gate: max 1 - cos to the nearest demo frame (2: off)",
-                                            True)
-        p["poll_hz"] = declare(self, "poll_hz", 200.0, "how often the timer looks for a new observation", True)
-        p["replan_period"] = declare(self, "replan_period", -1.0,
-                                     "seconds between chunks: < 0 = (n_action_steps - 1) / the run's rate (each chunk "
-                                     "runs open loop, as the method executes it), 0 = a chunk per new observation", True)
-        p["autostart"] = declare(self, "autostart", True, "configure and activate at start-up", True)
-        p["joint_states_topic"] = declare(self, "joint_states_topic", "/joint_states", "joint states (diffusion)", True)
-        require(p["policy"] in POLICY_KINDS, f"policy must be one of {POLICY_KINDS}, got {p['policy']!r}.")
-        names = list(p["action_names"])
-        require(len(names) > 0 and all(names) and len(set(names)) == len(names),
-                f"action_names must be a list of distinct non-empty names, got {names}.")
-        require(p["poll_hz"] > 0, f"poll_hz must be positive, got {p['poll_hz']}.")
-        self.p = p
+        self.p = declare_params(self, PolicyParams)
         self.error = ""  # why the last configure failed
         self.policy = None
-        self.active = False
+        self.inputs = None  # EmbeddingInput or ObservationInput, made on configure
+        self.chunk_pub = None  # lifecycle publisher, made on configure
+        self.timer = None
         self.gated = ""  # why chunks are withheld, "" when they flow
         self.last_confidence = None
         self.rate = RateMeter()
-        self.inputs = None  # EmbeddingInput or ObservationInput, made on configure
+        self.guard = CallbackGuard(self.get_logger())  # a failing frame is skipped, never fatal
+        self.skipped_non_finite = 0  # chunks the policy produced with NaN / inf, never sent
         self.done_stamp = None
         self.last_sent = -float("inf")  # node-clock time of the last chunk
         self.group = MutuallyExclusiveCallbackGroup()
-        self.guard = CallbackGuard(self.get_logger())  # a failing frame is skipped, never fatal
-        self.skipped_non_finite = 0  # chunks the policy produced with NaN / inf, never sent
-        self.chunk_pub = self.create_publisher(JointTrajectory, "~/action_chunk", 10)
+        # Diagnostics stay on in every state: they say "inactive" / "unconfigured" too.
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
-        self.timer = None
-        if p["autostart"]:
-            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise ClassRosError(self.error or "policy_node failed to configure.")
-            self.trigger_activate()
+        if self.p.autostart:
+            autostart(self)
+
+    @property
+    def active(self) -> bool:
+        """Chunks flow (the node is in the active state)."""
+        return self.chunk_pub is not None and self.chunk_pub.is_activated
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:
         self.error = ""
         try:
-            require(bool(self.p["run_dir"]), "run_dir is not set; give the trained run with `class-ros graph "
+            require(bool(self.p.run_dir), "run_dir is not set; give the trained run with `class-ros graph "
                     "--run-dir RUN` or `run_dir:=RUN` to the launch file.")
             from class_ros.policy import load_policy
-            policy = load_policy(self.p["run_dir"], self.p["policy"], self.p["device"])
-            check_run_matches(policy, self.p["action_kind"], self.p["action_names"])
+            policy = load_policy(self.p.run_dir, self.p.policy, self.p.device)
+            check_run_matches(policy, self.p.action_kind, self.p.action_names)
             self.policy = policy
-            self.inputs = INPUTS[self.p["policy"]](self, policy)
+            self.inputs = INPUTS[self.p.policy](self, policy)
             self.inputs.warm_up()
             policy.reset()
         except ClassRosError as err:
-            self._release_inputs()
-            self.policy = None
+            self._release()
             self.error = str(err)
             self.get_logger().error(self.error)
             return TransitionCallbackReturn.FAILURE
         self.dt = 1.0 / self.policy.control_rate_hz
         self.n_steps = int(self.policy.n_action_steps)
         # One step of overlap between consecutive chunks absorbs the observation-to-command latency.
-        period = self.p["replan_period"]
+        period = self.p.replan_period
         self.replan_period = (self.n_steps - 1) * self.dt if period < 0 else period
-        self.get_logger().info(f"loaded {self.p['policy']} run {self.p['run_dir']}: {self.n_steps} steps per chunk "
+        self.chunk_pub = self.create_lifecycle_publisher(JointTrajectory, "~/action_chunk", 10)
+        self.timer = self.create_timer(1.0 / self.p.poll_hz, self.guard.wrap("predict", self._tick),
+                                       callback_group=self.group)
+        self.get_logger().info(f"loaded {self.p.policy} run {self.p.run_dir}: {self.n_steps} steps per chunk "
                                f"at {self.policy.control_rate_hz} Hz, a new chunk every {self.replan_period:.2f} s")
         return TransitionCallbackReturn.SUCCESS
 
@@ -200,31 +218,38 @@ class PolicyNode(LifecycleNode):
         self.policy.reset()
         self.done_stamp = None
         self.last_sent = -float("inf")
-        self.active = True
-        if self.timer is None:
-            self.timer = self.create_timer(1.0 / self.p["poll_hz"], self.guard.wrap("predict", self._tick),
-                                           callback_group=self.group)
-        return TransitionCallbackReturn.SUCCESS
+        self.get_logger().info("active: publishing chunks")
+        return super().on_activate(state)  # enables the lifecycle publisher
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
-        self.active = False
-        return TransitionCallbackReturn.SUCCESS
+        self.get_logger().info("inactive: no chunks (the arm holds after its chunk timeout)")
+        return super().on_deactivate(state)
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
-        self.active = False
-        self._release_inputs()
-        self.policy = None
+        self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    def _release_inputs(self) -> None:
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Destroy what on_configure made: timer, chunk publisher, input subscriptions, the loaded run."""
+        if self.timer is not None:
+            self.destroy_timer(self.timer)
+            self.timer = None
+        if self.chunk_pub is not None:
+            self.destroy_lifecycle_publisher(self.chunk_pub)
+            self.chunk_pub = None
         for sub in self.inputs.subscriptions if self.inputs else []:
             self.destroy_subscription(sub)
         self.inputs = None
+        self.policy = None
 
     # --- the work -----------------------------------------------------------------------------------------
     def _tick(self) -> None:
-        if not self.active or self.policy is None:
-            return
+        if not self.active:
+            return  # inactive: no inference either
         if now_sec(self) - self.last_sent < self.replan_period:
             return
         newest = self.inputs.newest(self.done_stamp)
@@ -235,7 +260,7 @@ class PolicyNode(LifecycleNode):
         chunk = self.inputs.predict(observation)
         # Retrieval knows how far the observation is from every demonstration: the out-of-distribution gate.
         self.last_confidence = getattr(self.policy, "last_confidence", None)
-        limit = self.p["max_nearest_distance"]
+        limit = self.p.max_nearest_distance
         dist = self.last_confidence.nearest_distance if self.last_confidence is not None else 0.0
         self.gated = (f"out of distribution: nearest demonstration at 1 - cos = {dist:.3f} > {limit:.3f}"
                       if dist > limit else "")
@@ -252,7 +277,7 @@ class PolicyNode(LifecycleNode):
         self.rate.tick()
 
     def _publish_diagnostics(self) -> None:
-        values = {"chunk_rate_hz": self.rate.rate(), "active": self.active, "policy": self.p["policy"],
+        values = {"chunk_rate_hz": self.rate.rate(), "active": self.active, "policy": self.p.policy,
                   "skipped_non_finite": self.skipped_non_finite}
         values.update({f"callback_error {k}": v for k, v in self.guard.counts.items()})
         joints = getattr(getattr(self, "inputs", None), "joints", None)  # diffusion reads joint states itself
@@ -261,9 +286,10 @@ class PolicyNode(LifecycleNode):
         if self.last_confidence is not None:
             values.update({"nearest_distance": float(self.last_confidence.nearest_distance),
                            "weight_entropy": float(self.last_confidence.weight_entropy),
-                           "max_nearest_distance": float(self.p["max_nearest_distance"])})
+                           "max_nearest_distance": float(self.p.max_nearest_distance)})
         level = DiagnosticStatus.WARN if (self.gated or not self.active) else DiagnosticStatus.OK
-        message = self.gated or ("publishing chunks" if self.active else "inactive")
+        message = self.gated or ("publishing chunks" if self.active else
+                                 "inactive" if self.policy is not None else "unconfigured")
         msg = DiagnosticArray(status=[DiagnosticStatus(level=level, name=f"{self.get_name()}: policy",
                                                        hardware_id="policy", message=message,
                                                        values=key_values(values))])

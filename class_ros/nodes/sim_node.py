@@ -21,6 +21,7 @@ ROS callbacks only hand commands and reset requests to that thread.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 import time
 
 import numpy as np
@@ -33,9 +34,29 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from class_ros.errors import ClassRosError
-from class_ros.nodes.common import declare, require, run_node
+from class_ros.nodes.common import LATCHED, declare_params, param, require, run_node
 
 RESET_AGREEMENT = 0.05  # rad (gripper: 0..1 units): a command this close to the start pose is "re-anchored"
+
+
+@dataclass(frozen=True)
+class SimParams:
+    """sim_node's parameters, read once at start-up; only `seed` may change while it runs (read at ~/reset)."""
+
+    task: str = param("lift", "sim task: lift, push or pick_place")
+    camera: str = param("fixed", "camera mode: fixed, random, moving or heldout")
+    image_size: tuple[int, ...] = param([96, 96], "rendered image (height, width)")
+    seed: int = param(0, "seed of the next ~/reset (and of the first episode)", read_only=False)
+    joint_state_rate_hz: float = param(100.0, "physics tick and /joint_states rate")
+    camera_rate_hz: float = param(30.0, "/camera/image_raw rate")
+    publish_clock: bool = param(False, "publish the sim time on /clock")
+    frame_id: str = param("agentview", "camera frame_id")
+
+    def __post_init__(self):
+        require(self.joint_state_rate_hz > 0 and self.camera_rate_hz > 0,
+                f"joint_state_rate_hz and camera_rate_hz must be positive, got {self.joint_state_rate_hz} and "
+                f"{self.camera_rate_hz}.")
+        require(len(self.image_size) == 2, f"image_size must be [height, width], got {list(self.image_size)}.")
 
 
 class SimNode(Node):
@@ -45,26 +66,12 @@ class SimNode(Node):
         super().__init__("sim_node", **kwargs)
         from class_ros.sim import robot
 
-        p = {}
-        p["task"] = declare(self, "task", "lift", "sim task: lift, push or pick_place", True)
-        p["camera"] = declare(self, "camera", "fixed", "camera mode: fixed, random, moving or heldout", True)
-        p["image_size"] = declare(self, "image_size", [96, 96], "rendered image (height, width)", True)
-        p["seed"] = declare(self, "seed", 0, "seed of the next ~/reset (and of the first episode)")
-        p["joint_state_rate_hz"] = declare(self, "joint_state_rate_hz", 100.0, "physics tick and /joint_states rate",
-                                           True)
-        p["camera_rate_hz"] = declare(self, "camera_rate_hz", 30.0, "/camera/image_raw rate", True)
-        p["publish_clock"] = declare(self, "publish_clock", False, "publish the sim time on /clock", True)
-        p["frame_id"] = declare(self, "frame_id", "agentview", "camera frame_id", True)
-        require(p["joint_state_rate_hz"] > 0 and p["camera_rate_hz"] > 0,
-                f"joint_state_rate_hz and camera_rate_hz must be positive, got {p['joint_state_rate_hz']} and "
-                f"{p['camera_rate_hz']}.")
-        require(len(p["image_size"]) == 2, f"image_size must be [height, width], got {list(p['image_size'])}.")
-        self.p = p
+        self.p = p = declare_params(self, SimParams)
         self.names = list(robot.JOINT_NAMES)
-        self.dt = 1.0 / p["joint_state_rate_hz"]
+        self.dt = 1.0 / p.joint_state_rate_hz
         self.episode = 0
         self.success = False
-        self.seed = int(p["seed"])
+        self.seed = int(p.seed)
         self._lock = threading.Lock()
         self._targets: dict[int, float] = {}  # joint index -> pending target, applied by the sim thread
         self._reset_request: int | None = None
@@ -77,8 +84,8 @@ class SimNode(Node):
 
         self.js_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
         self.img_pub = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-        self.success_pub = self.create_publisher(Bool, "~/success", 10)
-        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if p["publish_clock"] else None
+        self.success_pub = self.create_publisher(Bool, "~/success", LATCHED)
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if p.publish_clock else None
         self.create_subscription(Float64MultiArray, "/forward_position_controller/commands", self._on_arm, 10)
         self.create_subscription(Float64MultiArray, "/gripper_controller/commands", self._on_gripper, 10)
         self.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory", self._on_traj, 10)
@@ -89,7 +96,7 @@ class SimNode(Node):
         if not self._ready.wait(timeout=60.0) or self._error is not None:
             self._stop.set()
             raise ClassRosError(f"the MuJoCo sim failed to start: {self._error}")
-        self.get_logger().info(f"sim '{p['task']}' with a {p['camera']} camera, seed {p['seed']}")
+        self.get_logger().info(f"sim '{p.task}' with a {p.camera} camera, seed {p.seed}")
 
     # --- commands ---------------------------------------------------------------------------------
     def _set(self, index: slice, values) -> None:
@@ -138,7 +145,7 @@ class SimNode(Node):
     def _loop(self) -> None:
         from class_ros.sim.env import ArmEnv
         try:
-            self.env = ArmEnv(task=self.p["task"], camera=self.p["camera"], image_size=tuple(self.p["image_size"]),
+            self.env = ArmEnv(task=self.p.task, camera=self.p.camera, image_size=tuple(self.p.image_size),
                               seed=self.seed)
             self._start_episode(self.seed)
             self.env.render()  # create the renderer (and its GL context) in this thread
@@ -147,7 +154,7 @@ class SimNode(Node):
             self._ready.set()
             return
         self._ready.set()
-        cam_period = 1.0 / self.p["camera_rate_hz"]
+        cam_period = 1.0 / self.p.camera_rate_hz
         next_tick = next_frame = time.monotonic()
         try:
             while not self._stop.is_set() and self.context.ok():
@@ -222,7 +229,7 @@ class SimNode(Node):
         h, w, _ = img.shape
         msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3, data=img.tobytes())
         msg.header.stamp = stamp
-        msg.header.frame_id = self.p["frame_id"]
+        msg.header.frame_id = self.p.frame_id
         self.img_pub.publish(msg)
 
     def _publish_success(self) -> None:

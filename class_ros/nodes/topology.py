@@ -59,6 +59,19 @@ def overrides(name: str, run_dir: str = "", policy: str = "retrieval", camera_to
     return out
 
 
+def check_run_dir(run_dir: str) -> str:
+    """`run_dir` as an absolute path; one sentence unless it names a class_ros run directory."""
+    from class_ros.data.rundir import RunDir
+    if not run_dir:
+        raise ClassRosError("run_dir is not set; give the trained run, e.g. run_dir:=runs/demo/class_run.")
+    path = os.path.abspath(run_dir)
+    if not os.path.isdir(path):
+        raise ClassRosError(f"run_dir {path} does not exist; give a trained run directory (class-ros pretrain / "
+                            "finetune write one).")
+    RunDir.open(path)  # refuses a folder that is not a run, or one of another format version
+    return path
+
+
 def package_root() -> Path:
     """Where config/ and launch/ live: the source tree in a venv install, else the colcon share folder."""
     here = Path(__file__).resolve().parents[2]

@@ -1,0 +1,111 @@
+"""Clean shutdown: however a node or a graph is stopped, it ends with exit code 0 and no traceback.
+
+Ctrl-C (SIGINT to the process group), a second SIGINT while shutting down, SIGTERM, and the context
+shut down by rclpy's own signal handler under a running callback; for a node's main(), `class-ros
+graph` and `class-ros graph --processes`. `ros2 launch` + Ctrl-C is in test_launch.py.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Started through this so the child sees SIGINT at its default even when the test runner ignores it (a
+# background job): a signal ignored at exec time stays ignored.
+DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execvp(sys.argv[1], sys.argv[1:])")
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """`cmd` in its own process group (as a terminal's foreground job), output to `log`."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-c", DEFAULT_SIGINT, *cmd], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while text not in log.read_text():
+        alive = proc.poll() is None
+        assert (alive or text in log.read_text()) and time.monotonic() < end, log.read_text()[-3000:]
+        time.sleep(0.02)
+
+
+def stop(proc: subprocess.Popen, log: Path, signals, to_group: bool = True, timeout: float = 60.0) -> tuple[int, str]:
+    """Send `signals` 50 ms apart (to the group, or the process alone); (exit code, output)."""
+    for sig in signals:
+        if to_group:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass  # already gone (a late signal)
+        else:
+            proc.send_signal(sig)
+        time.sleep(0.05)
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # only if something outlived the test's expectations
+        except ProcessLookupError:
+            pass
+    return code, log.read_text()
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]], ids=["sigterm", "sigint x2"])
+def test_a_node_stops_quietly(signals, tmp_path):
+    log = tmp_path / "camera_node.log"
+    proc = start([sys.executable, "-m", "class_ros.nodes.camera_node"], log)
+    wait_for(log, "rgb8", proc, timeout=60.0)  # its start-up line: the node is spinning
+    code, out = stop(proc, log, signals)
+    assert code == 0 and "Traceback" not in out, out
+
+
+def test_a_callback_publishing_as_the_context_shuts_down_is_a_normal_stop(tmp_path):
+    """What rclpy's signal handler does on Ctrl-C, at the worst moment: the context goes while a callback publishes."""
+    script = tmp_path / "node.py"
+    script.write_text(
+        "import rclpy.node\n"
+        "from std_msgs.msg import Bool\n"
+        "from class_ros.nodes.common import run_node\n\n"
+        "class ShutdownProbe(rclpy.node.Node):\n"
+        "    def __init__(self):\n"
+        "        super().__init__('shutdown_probe')\n"
+        "        self.pub = self.create_publisher(Bool, 'flag', 10)\n"
+        "        self.create_timer(0.01, self.tick)\n\n"
+        "    def tick(self):\n"
+        "        self.context.shutdown()\n"
+        "        self.pub.publish(Bool())  # raises: the publisher's context is gone\n\n"
+        "raise SystemExit(run_node(ShutdownProbe))\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_graph_in_one_process_stops_quietly_on_two_ctrl_c(sim_layout_run, tmp_path):
+    log = tmp_path / "graph.log"
+    proc = start([sys.executable, "-m", "class_ros.cli", "graph", "--sim", "--run-dir", str(sim_layout_run)], log)
+    wait_for(log, "class-ros graph: running", proc, timeout=180.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    wait_for(log, "class-ros graph: stopped.", proc, timeout=60.0)
+    code, out = stop(proc, log, [signal.SIGINT])  # the second Ctrl-C, late: the graph is already down
+    assert code == 0 and "Traceback" not in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_graph_processes_stop_quietly_on_sigterm(sim_layout_run, tmp_path):
+    """SIGTERM to the supervisor alone: it stops its node processes, each exits 0, none is left behind."""
+    log = tmp_path / "graph.log"
+    proc = start([sys.executable, "-m", "class_ros.cli", "graph", "--sim", "--processes",
+                  "--run-dir", str(sim_layout_run)], log)
+    wait_for(log, "class-ros graph: running", proc, timeout=180.0)
+    time.sleep(15.0)  # the node processes load their runs meanwhile; stop them while they spin
+    code, out = stop(proc, log, [signal.SIGTERM], to_group=False)
+    assert code == 0 and "class-ros graph: stopped." in out, out[-3000:]
+    assert "Traceback" not in out and "exited" not in out, out[-3000:]
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # the group is empty: no node process outlived the supervisor
