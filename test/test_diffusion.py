@@ -150,6 +150,24 @@ def test_reset_makes_sampling_reproducible(trained):
     assert not np.array_equal(a, b)  # fresh noise within an episode
 
 
+def test_batched_chunks_equal_one_episode_at_a_time(trained):
+    """predict_action_chunks: each row samples with its own episode's generator, as if it ran alone (up to
+    batched float rounding), whatever its batch mates; the generators advance as in the serial episodes."""
+    policy, _ = trained
+    serial = []
+    for i in (0, 1):
+        policy.reset()
+        serial.append([policy.predict_action_chunk(obs(i)) for _ in range(2)])  # two chunks of one episode
+    gens = [policy.new_episode_state(), policy.new_episode_state()]
+    rounds = [policy.predict_action_chunks([obs(0), obs(1)], gens) for _ in range(2)]
+    for step in (0, 1):
+        assert rounds[step].shape == (2, H, D) and rounds[step].dtype == np.float32
+        for i in (0, 1):
+            np.testing.assert_allclose(rounds[step][i], serial[i][step], atol=1e-4)
+    twice = policy.predict_action_chunks([obs(0), obs(0)], [policy.new_episode_state(), policy.new_episode_state()])
+    np.testing.assert_allclose(twice[0], twice[1], atol=1e-5)  # same episode state, same chunk: rows share nothing
+
+
 def test_policy_interface_attributes():
     policy = tiny_policy()
     assert policy.action_names == INFO["action_names"]
@@ -222,6 +240,9 @@ def test_cuda_graph_sampling_equals_eager_and_amp_loss_is_finite(trained):
     policy.set_inference_dtype(torch.bfloat16)  # what DiffusionPolicy.load does on CUDA
     policy.reset()
     np.testing.assert_allclose(policy.predict_action_chunk(obs(0)), eager, atol=0.05)
+    graphed_batch = policy.predict_action_chunks([obs(0), obs(1)], [policy.new_episode_state() for _ in range(2)])
+    policy.reset()
+    np.testing.assert_allclose(graphed_batch[0], policy.predict_action_chunk(obs(0)), atol=0.05)
     policy.set_inference_dtype(torch.float32)
     (images, q), chunks = toy_data()
     batch = {"cam": torch.from_numpy(images).cuda(), "q": torch.from_numpy(q).cuda(),

@@ -75,6 +75,14 @@ def test_weighted_mean_and_sampling_follow_the_softmax(run):
     sampler.reset()
     assert sampler.last_confidence is None
     assert np.array_equal(sampler.predict_action_chunk(obs), draws[0])  # reset restarts the same stream
+    # Batched (one encoder pass for several episodes): each row as alone, each episode's own sampling stream.
+    other = frame_obs(store, 5)
+    states = [sampler.new_episode_state(), sampler.new_episode_state()]
+    rows = [sampler.predict_action_chunks([obs, other], states) for _ in range(3)]
+    assert rows[0].shape == (2, HORIZON, 2)
+    assert all(np.array_equal(r[0], d) for r, d in zip(rows, draws))
+    np.testing.assert_allclose(policy.predict_action_chunks([other, obs], [None, None])[1],
+                               policy.predict_action_chunk(obs), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_observations_are_refused(run):

@@ -95,12 +95,15 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
 
     The run waits for the interrupt instead of racing it: once two bags are in place, the next episode
     blocks on a pipe that is never written, says READY, and the SIGINT lands there - wherever the
-    machine's load would have put the run by then.
+    machine's load would have put the run by then. With 2 workers the episodes block in them, and the
+    interrupted parent must stop them itself.
     """
     import os
     import signal
     import subprocess
     import sys
+
+    import psutil
 
     out = tmp_path / "bags"
     (tmp_path / "sim_demos_waiting_for_ctrl_c.py").write_text(
@@ -114,22 +117,28 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
         "        print('READY', flush=True)\n"
         "        os.read(never_written, 1)  # blocks until the SIGINT interrupts it\n"
         "    return record(env, ep_seed, path, *args)\n"
-        "sim_demos.record_episode = record_episode\n"
-        "cli.entry(sys.argv[1:])\n")
+        "sim_demos.record_episode = record_episode  # at the top: the spawned workers run it too\n"
+        "if __name__ == '__main__':\n"
+        "    cli.entry(sys.argv[1:])\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "sim_demos_waiting_for_ctrl_c", "sim-demos", "--episodes", "30",
-                             "--out", str(out), "--camera", "fixed"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, cwd=tmp_path)
+                             "--out", str(out), "--camera", "fixed", "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
     for line in proc.stdout:  # blocks until the run waits for the interrupt (or ends: then the asserts say so)
         if line.strip() == b"READY":
             break
-    proc.send_signal(signal.SIGINT)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 2  # the two workers (and multiprocessing's resource tracker)
+    proc.send_signal(signal.SIGINT)  # to the parent alone: it must stop its workers itself
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-500:]
+    assert b"Traceback" not in err, err.decode()[-500:]
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
     names = sorted(p.name for p in out.iterdir())
     assert ".partial" not in names and "sim_demos.json" not in names
     bags = [n for n in names if n.startswith("episode_")]
-    assert len(bags) == 2
+    assert 2 <= len(bags) < 30  # tries begun before the second bag was in place still finish
     for name in bags:
         topics, msgs = read_bag(out / name)
         assert len(topics) == 4 and len(msgs["/camera/image_raw"]) > 10

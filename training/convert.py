@@ -27,6 +27,7 @@ import numpy as np
 
 from class_ros.data import outputs
 from class_ros.errors import ClassRosError
+from training.workers import add_workers_argument, ordered_results, resolve_workers
 
 REPORT_NAME = "convert_report.json"
 
@@ -39,19 +40,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--msg-dir", default=None, help="custom message definitions as <package>/msg/<Name>.msg")
     parser.add_argument("--strict", action="store_true", help="fail on the first bag that cannot be converted")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    add_workers_argument(parser)
 
 
 def run(args) -> int:
     convert_bags(args.bags, args.mapping, args.out, msg_dir=args.msg_dir, strict=args.strict,
-                 overwrite=args.overwrite)
+                 overwrite=args.overwrite, workers=resolve_workers(args.workers))
     return 0
 
 
-def _count_messages(bags, mapping) -> int:
+def _count_messages(bags, mapping) -> list[int]:
+    """Messages of the mapped topics in each bag (0 for a bag that will be skipped): the progress bar's units."""
     from class_ros.data.bags.reading import open_bag
 
-    total = 0
+    counts = []
     for bag in bags:
+        counts.append(0)
         if bag.problem:
             continue
         try:
@@ -59,23 +63,45 @@ def _count_messages(bags, mapping) -> int:
         except ClassRosError:
             continue
         try:
-            total += sum(c.msgcount for c in reader.connections if c.topic in mapping.topics)
+            counts[-1] = sum(c.msgcount for c in reader.connections if c.topic in mapping.topics)
         finally:
             reader.close()
-    return total
+    return counts
 
 
-def convert_bags(paths, mapping, out, msg_dir=None, strict=False, overwrite=False) -> dict:
+class _BagConverter:
+    """Converts one bag per call (in a worker process, or in this one with the progress bar)."""
+
+    def __init__(self, mapping, extra_types, progress=None):
+        self.mapping, self.extra_types, self.progress = mapping, extra_types, progress
+
+    def __call__(self, bag):
+        """(BagResult, None), or (None, reason) for a bag that cannot be used."""
+        from class_ros.data.bags.episodes import convert_bag
+        from class_ros.data.bags.reading import BagSkipped
+
+        if bag.problem:
+            return None, bag.problem
+        try:
+            return convert_bag(bag.path, self.mapping, self.extra_types, self.progress), None
+        except BagSkipped as err:
+            return None, str(err)
+
+
+def convert_bags(paths, mapping, out, msg_dir=None, strict=False, overwrite=False, workers: int = 1) -> dict:
     """Convert rosbag2 recordings into the dataset store at `out`; returns the report dict.
 
     The dataset appears at `out` complete or not at all (EpisodeStore.build); a bag whose data cannot be used
     is skipped with its reason in the report, or stops everything with `strict` (an old dataset stays).
+    `workers` processes read and synchronise bags at once; this process appends their episodes in bag
+    order, so any `workers` writes the same dataset.
     """
+    import functools
+
     from tqdm import tqdm
 
-    from class_ros.data.bags.episodes import convert_bag
     from class_ros.data.bags.mapping import Mapping, load_mapping
-    from class_ros.data.bags.reading import BagSkipped, find_bags, load_msg_dir
+    from class_ros.data.bags.reading import find_bags, load_msg_dir
     from class_ros.data.schema import DatasetMeta
     from class_ros.data.store import EpisodeStore
 
@@ -100,16 +126,17 @@ def convert_bags(paths, mapping, out, msg_dir=None, strict=False, overwrite=Fals
             raise ClassRosError(f"{bag_path}: {reason} (--strict stops here; nothing was written{kept_note}).")
 
     lineage = {"mapping": str(mapping.path), "mapping_sha256": outputs.digest(mapping.to_dict()), "bags": []}
+    counts = _count_messages(bags, mapping)
+    workers = min(workers, len(bags))
     with EpisodeStore.build(out, overwrite=overwrite, lineage=lineage) as build, \
-            tqdm(total=_count_messages(bags, mapping), unit="msg", desc="convert", leave=False) as bar:
-        for bag in bags:
-            if bag.problem:
-                skip(bag.path, bag.problem)
-                continue
-            try:
-                result = convert_bag(bag.path, mapping, extra_types, bar)
-            except BagSkipped as err:
-                skip(bag.path, str(err))
+            tqdm(total=sum(counts), unit="msg", desc="convert", leave=False) as bar, \
+            ordered_results(functools.partial(_BagConverter, mapping, extra_types, bar if workers == 1 else None),
+                            bags, workers) as results:
+        for bag, count, (result, problem) in zip(bags, counts, results):
+            if workers > 1:  # in-process conversion moved the bar message by message
+                bar.update(count)
+            if problem is not None:
+                skip(bag.path, problem)
                 continue
             report["messages"] += result.messages
             report["warnings"] += [f"{bag.path}: {w}" for w in result.warnings]

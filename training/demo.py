@@ -122,13 +122,14 @@ def _sim_demos(d: Demo) -> dict:
     from training.sim_demos import record_demos
     c = d.cfg["sim_demos"]
     return record_demos(task=d.cfg["task"], episodes=c["episodes"], camera=c["camera"], storage=c["storage"],
-                        out=d.path("bags"), seed=d.cfg["seed"], image_size=c["image_size"])
+                        out=d.path("bags"), seed=d.cfg["seed"], image_size=c["image_size"],
+                        workers=d.cfg.get("workers", 1))
 
 
 def _convert(d: Demo) -> dict:
     from training.convert import convert_bags
     mapping = REPO / d.cfg["convert"]["mapping"]
-    return convert_bags([d.path("bags")], mapping, d.dataset)
+    return convert_bags([d.path("bags")], mapping, d.dataset, workers=d.cfg.get("workers", 1))
 
 
 def _dtw(d: Demo) -> dict:
@@ -186,7 +187,8 @@ def evaluate_cameras(d: Demo, make_policy: Callable, folder: str, video: bool = 
     for camera in c["cameras"]:
         res = evaluate_policy(make_policy(), task=d.cfg["task"], camera=camera, episodes=c["episodes"],
                               seed=eval_seed(d.cfg, camera), image_size=(d.cfg["sim_demos"]["image_size"],) * 2,
-                              video_path=d.path(f"{folder}/{camera}.mp4") if video else None)
+                              video_path=d.path(f"{folder}/{camera}.mp4") if video else None,
+                              workers=d.cfg.get("workers", 1))
         results[camera] = _jsonable(res)
         outputs.write_json(d.path(f"{folder}/{camera}.json"), results[camera], indent=2, sort_keys=True)
     return results
@@ -274,8 +276,12 @@ def run_demo(out: str | os.PathLike = "runs/demo", preset: str = "default", fres
     # As `make demo` sets them: the demo's ROS nodes stay on this machine, MuJoCo renders off-screen.
     for name, value in DEMO_ENV.items():
         os.environ.setdefault(name, value)
+    from class_ros.sim.pool import available_cores
+
     out = Path(out)
-    table, status = run_stages(out, load_config(preset), STAGES, fresh=fresh)
+    # Episodes over every core: the same outputs as one process (so `workers` is not part of any stamp).
+    cfg = {**load_config(preset), "workers": available_cores()}
+    table, status = run_stages(out, cfg, STAGES, fresh=fresh)
     ok = all(status[s.name] in (RAN, REUSED) for s in STAGES)
     result = {"ok": ok, "preset": preset, "out": str(out), "stages": table,
               "report": str(out / "report.md") if status.get("report") in (RAN, REUSED) else None}

@@ -26,6 +26,7 @@ import numpy as np
 
 from class_ros.data import outputs
 from class_ros.errors import ClassRosError
+from training.workers import add_workers_argument, ordered_results, resolve_workers
 
 IMAGE_TOPIC = "/camera/image_raw"
 JOINT_STATES_TOPIC = "/joint_states"
@@ -51,13 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, nargs="+", default=[96], metavar="PX",
                         help="image height [width] in pixels (default 96)")
     parser.add_argument("--keep-failed", action="store_true", help="also keep episodes the expert failed")
+    add_workers_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Parse-and-call for the CLI."""
     size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
     summary = record_demos(args.task, args.episodes, args.camera, args.storage, args.out, seed=args.seed,
-                           image_size=tuple(size[:2]), keep_failed=args.keep_failed)
+                           image_size=tuple(size[:2]), keep_failed=args.keep_failed,
+                           workers=resolve_workers(args.workers))
     print(f"sim-demos: {summary['episodes_kept']} {args.task} episodes written to {summary['out']} "
           f"(expert success {summary['expert_successes']}/{summary['episodes_tried']} = "
           f"{summary['expert_success_rate']:.0%}; summary in {summary['summary_path']})")
@@ -66,12 +69,16 @@ def run(args: argparse.Namespace) -> int:
 
 def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed: int = 0,
                  image_size=(96, 96), keep_failed: bool = False, max_attempts: int | None = None,
-                 progress: bool = True) -> dict:
-    """Record `episodes` expert episodes as rosbag2 folders under `out`; returns a summary dict."""
+                 progress: bool = True, workers: int = 1) -> dict:
+    """Record `episodes` expert episodes as rosbag2 folders under `out`; returns a summary dict.
+
+    Tries run in order of their index (seed and start time follow from it) over `workers` processes, each
+    with its own env and renderer; they are kept in that order, so any `workers` writes the same bags.
+    """
     from tqdm import tqdm
 
     from class_ros.sim.cameras import check_mode
-    from class_ros.sim.env import ArmEnv, episode_seed
+    from class_ros.sim.env import episode_seed
     from class_ros.sim.tasks import check_task
 
     check_task(task)
@@ -93,27 +100,29 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     max_attempts = max_attempts or 2 * episodes + 10
+    recorder = functools.partial(_Recorder, task, camera, size, storage, seed, partial)
 
     kept, tried, successes, seeds, lengths = [], 0, 0, [], []
     bar = tqdm(total=episodes, desc=f"sim-demos {task}", unit="ep", disable=not progress)
     try:
-        with ArmEnv(task, camera=camera, image_size=size, render_images=False) as env:
-            while len(kept) < episodes and tried < max_attempts:
-                ep_seed = episode_seed(seed, tried, DEMO_STREAM)
-                name = f"episode_{len(kept):04d}"
-                tmp = partial / name
-                ok, steps = record_episode(env, ep_seed, tmp, storage, EPOCH_NS + tried * EPISODE_SPACING_NS)
+        with ordered_results(recorder, range(max_attempts), min(workers, max_attempts)) as results:
+            for index, ok, steps in results:
+                assert index == tried
                 tried += 1
                 successes += ok
+                tmp = partial / _try_name(index)
                 if ok or keep_failed:
-                    outputs.move_into_place(tmp, out / name)  # a bag appears whole or not at all
+                    name = f"episode_{len(kept):04d}"
+                    _move_bag(tmp, out / name)
                     kept.append(name)
-                    seeds.append(ep_seed)
+                    seeds.append(episode_seed(seed, index, DEMO_STREAM))
                     lengths.append(steps)
                     bar.update(1)
                 else:
                     shutil.rmtree(tmp)
                 bar.set_postfix(success=f"{successes}/{tried}")
+                if len(kept) == episodes:
+                    break
     finally:
         bar.close()
         shutil.rmtree(partial, ignore_errors=True)
@@ -132,6 +141,49 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
     if len(kept) < episodes:
         print(f"sim-demos: warning: only {len(kept)} of {episodes} episodes succeeded in {tried} tries.")
     return summary
+
+
+def _try_name(index: int) -> str:
+    return f"try_{index:05d}"
+
+
+class _Recorder:
+    """One process's env; called with a try index, records that try's bag under `partial`."""
+
+    def __init__(self, task, camera, size, storage, seed, partial):
+        from class_ros.sim.env import ArmEnv
+
+        self.env = ArmEnv(task, camera=camera, image_size=size, render_images=False)
+        self.storage, self.seed, self.partial = storage, seed, partial
+
+    def __call__(self, index: int) -> tuple[int, bool, int]:
+        from class_ros.sim.env import episode_seed
+
+        ok, steps = record_episode(self.env, episode_seed(self.seed, index, DEMO_STREAM),
+                                   self.partial / _try_name(index), self.storage,
+                                   EPOCH_NS + index * EPISODE_SPACING_NS)
+        return index, ok, steps
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _move_bag(src: Path, dst: Path) -> None:
+    """Move a finished bag folder to `dst`, renaming its storage file as if it had been recorded there.
+
+    The storage file takes its folder's name (rosbags' Writer), and which episode number a try becomes
+    is known only once the tries before it are in: the file and its two mentions in metadata.yaml are
+    renamed, so the bag equals one recorded under its final name, byte for byte.
+    """
+    meta = src / "metadata.yaml"
+    text = meta.read_text()
+    for f in list(src.iterdir()):
+        if f.stem == src.name:
+            new = f.with_name(dst.name + f.suffix)
+            f.rename(new)
+            text = text.replace(f.name, new.name)
+    meta.write_text(text)  # still inside .partial: nobody reads it yet
+    outputs.move_into_place(src, dst)  # a bag appears whole or not at all
 
 
 @functools.cache

@@ -5,6 +5,9 @@
     chunk = policy.predict_action_chunk({"agentview": img, "joint_pos": q})   # (H, D) np.float32, robot units
 
 Every policy satisfies the `Policy` protocol below; `POLICY_KINDS` names the kinds `load_policy` knows.
+Both kinds also answer several episodes at once (what `evaluate --workers` uses; optional for others):
+`new_episode_state()` -> what one episode's chunks depend on besides its observations, and
+`predict_action_chunks(observations, states) -> (B, H, D)`, one forward pass for all of them.
 """
 from __future__ import annotations
 

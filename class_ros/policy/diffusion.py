@@ -130,7 +130,11 @@ class DiffusionPolicy(nn.Module):
 
     def reset(self) -> None:
         """Start a new episode: the sampling noise restarts from the policy's seed (reproducible rollouts)."""
-        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self._generator = self.new_episode_state()
+
+    def new_episode_state(self) -> torch.Generator:
+        """What one episode's sampling depends on besides its observations: a fresh noise generator."""
+        return torch.Generator(device=self.device).manual_seed(self.seed)
 
     def use_cuda_graph(self, enabled: bool = True) -> None:
         """On CUDA, replay the whole inference (encoder, every U-Net call and scheduler step) from one
@@ -174,11 +178,14 @@ class DiffusionPolicy(nn.Module):
                 return None
         return self._graphs[key]
 
-    def _initial_noise(self, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """(B, H, D) Gaussian noise the denoising starts from."""
+    def _initial_noise(self, cond: torch.Tensor, generator) -> torch.Tensor:
+        """(B, H, D) Gaussian noise the denoising starts from; `generator` may be a list of one per row."""
         B = cond.shape[0]  # batch
-        return torch.randn((B, self.config.horizon, self.action_normalizer.dim), generator=generator,
-                           device=cond.device, dtype=cond.dtype)
+        shape = (self.config.horizon, self.action_normalizer.dim)
+        if isinstance(generator, list):  # each row from its own episode's generator, as if sampled alone
+            return torch.cat([torch.randn((1, *shape), generator=g, device=cond.device, dtype=cond.dtype)
+                              for g in generator])
+        return torch.randn((B, *shape), generator=generator, device=cond.device, dtype=cond.dtype)
 
     def _denoise_loop(self, x: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None,
                       timesteps: list[int], t_tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -197,29 +204,43 @@ class DiffusionPolicy(nn.Module):
         return timesteps, [torch.tensor(t, device=device) for t in timesteps]
 
     @torch.no_grad()
-    def sample_normalized(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, F) observation features -> (B, H, D) action chunks in the normalised [-1, 1] space."""
+    def sample_normalized(self, cond: torch.Tensor, generator=None) -> torch.Tensor:
+        """(B, F) observation features -> (B, H, D) action chunks in the normalised [-1, 1] space
+        (`generator`: one torch.Generator, a list of one per row, or None)."""
         timesteps, t_tensors = self._timesteps(cond.device)
         return self._denoise_loop(self._initial_noise(cond, generator), cond, generator, timesteps, t_tensors)
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
         """One observation {camera: (H, W, 3) uint8, proprio: (d,)} -> (H, D) unnormalised np.float32 chunk."""
+        if self._generator.device != self.device:  # moved with .to() since the last reset
+            self.reset()
+        return self.predict_action_chunks([obs], [self._generator])[0]
+
+    @torch.no_grad()
+    def predict_action_chunks(self, observations: list[dict], generators: list[torch.Generator]) -> np.ndarray:
+        """B observations (one per episode, each with its episode's generator from new_episode_state) ->
+        (B, H, D) unnormalised np.float32 chunks, in one forward pass.
+
+        Each row draws its noise from its own generator, so a chunk depends on its episode alone; batched
+        float arithmetic still rounds differently from B=1 (about 1e-6 on CPUs).
+        """
+        assert len(observations) == len(generators) >= 1
         was_training = self.training
         self.eval()
         try:
-            batch = self._to_batch(obs)
-            if self._generator.device != self.device:  # moved with .to() since the last reset
-                self.reset()
+            singles = [self._to_batch(obs) for obs in observations]
+            batch = {k: torch.cat([b[k] for b in singles]) for k in singles[0]}
             graphed = self._graphed_inference(batch)
             if graphed is not None:
-                chunk = graphed(batch, self._generator)[0]  # (H, D)
+                chunks = graphed(batch, generators)  # (B, H, D)
             else:
-                cond = self.encoder(batch)  # (1, F)
-                chunk = self.sample_normalized(cond, self._generator)[0]  # (H, D)
+                cond = self.encoder(batch)  # (B, F)
+                gen = generators[0] if len(generators) == 1 else list(generators)
+                chunks = self.sample_normalized(cond, gen)  # (B, H, D)
         finally:
             self.train(was_training)
-        out = self.action_normalizer.unnormalize(chunk.double().cpu().numpy())
+        out = self.action_normalizer.unnormalize(chunks.double().cpu().numpy())
         return np.asarray(out, dtype=np.float32)
 
     def _to_batch(self, obs: dict) -> dict[str, torch.Tensor]:
@@ -350,10 +371,12 @@ class _GraphedInference:
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.no_grad():
             self.out = run()
 
-    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, batch: dict[str, torch.Tensor], generator) -> torch.Tensor:
+        """Replay on `batch`; the initial noise from `generator` (or a list of one per row)."""
         for k, v in batch.items():
             self.inputs[k].copy_(v)
-        self.noise.copy_(torch.randn(self.noise.shape, generator=generator, device=self.noise.device,
-                                     dtype=self.noise.dtype))
+        gens = generator if isinstance(generator, list) else [generator]
+        self.noise.copy_(torch.cat([torch.randn((1, *self.noise.shape[1:]), generator=g, device=self.noise.device,
+                                                dtype=self.noise.dtype) for g in gens]))
         self.graph.replay()
         return self.out.clone()  # the graph overwrites its output buffer on the next replay

@@ -259,28 +259,44 @@ class RetrievalPolicy:
     def reset(self) -> None:
         """Start of an episode: forget the last confidence, restart the sampling stream."""
         self.last_confidence = None
-        self._rng = np.random.default_rng(self._seed)
+        self._rng = self.new_episode_state()
+
+    def new_episode_state(self) -> np.random.Generator:
+        """What one episode's chunks depend on besides its observations: the sampling stream ("sample" mode)."""
+        return np.random.default_rng(self._seed)
 
     def embed(self, obs: dict) -> np.ndarray:
         """One observation {camera: (H, W, 3) uint8, proprio: (d,)} -> (F,) unit-norm float32 feature
         (retrieval_features of the encoder output, as the index rows are)."""
+        return self.embed_batch([obs])[0]
+
+    def embed_batch(self, observations: list[dict]) -> np.ndarray:
+        """B observations -> (B, F) unit-norm float32 features, in one encoder forward pass."""
         import torch
 
         cfg = self.encoder.config
         batch = {}
         for name in cfg.image_keys + cfg.proprio_keys:  # other entries of the observation are not used
-            if name not in obs:
-                raise ClassRosError(f"the observation has no {name!r}; the run's encoder needs "
-                                    f"{cfg.image_keys + cfg.proprio_keys}, got {sorted(obs)}.")
-            batch[name] = torch.as_tensor(np.asarray(obs[name])).unsqueeze(0).to(self.device)
+            for obs in observations:
+                if name not in obs:
+                    raise ClassRosError(f"the observation has no {name!r}; the run's encoder needs "
+                                        f"{cfg.image_keys + cfg.proprio_keys}, got {sorted(obs)}.")
+            batch[name] = torch.as_tensor(np.stack([np.asarray(obs[name]) for obs in observations])).to(self.device)
         with torch.no_grad():
-            feat = self.encoder(batch)[0].float().cpu().numpy()
+            feat = self.encoder(batch).float().cpu().numpy()  # (B, F)
         if not np.isfinite(feat).all():
             raise ClassRosError("the observation produced a non-finite embedding; check the image and joint state.")
-        return retrieval_features(feat[None], self.encoder.image_dim, self.config.proprio_weight)[0]
+        return retrieval_features(feat, self.encoder.image_dim, self.config.proprio_weight)
 
-    def predict_from_embedding(self, feature: np.ndarray) -> np.ndarray:
-        """(F,) feature (normalised here) -> (H, D) float32 action chunk; updates last_confidence."""
+    def predict_action_chunks(self, observations: list[dict], states: list[np.random.Generator]) -> np.ndarray:
+        """B observations (one per episode, each with its episode's new_episode_state) -> (B, H, D) chunks,
+        embedded in one forward pass; last_confidence is the last row's."""
+        feats = self.embed_batch(observations)
+        return np.stack([self.predict_from_embedding(f, rng) for f, rng in zip(feats, states)])
+
+    def predict_from_embedding(self, feature: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """(F,) feature (normalised here) -> (H, D) float32 action chunk; updates last_confidence.
+        `rng`: the episode's sampling stream (default: the one reset() started)."""
         q = normalize_rows(np.asarray(feature, dtype=np.float32).reshape(1, -1))
         if q.shape[1] != self.index.d:
             raise ClassRosError(f"the embedding has {q.shape[1]} values but the index holds {self.index.d}-d "
@@ -297,7 +313,7 @@ class RetrievalPolicy:
         self.last_confidence = RetrievalConfidence(nearest_distance=float(dist.min()), weight_entropy=entropy,
                                                    nearest_frame=int(self.frames[ids[np.argmin(dist)]]), k=len(ids))
         if self.config.mode == "sample":
-            return self.chunks[ids[self._rng.choice(len(ids), p=w)]].astype(np.float32)
+            return self.chunks[ids[(self._rng if rng is None else rng).choice(len(ids), p=w)]].astype(np.float32)
         return np.tensordot(w, self.chunks[ids].astype(np.float64), axes=1).astype(np.float32)
 
     def predict_action_chunk(self, obs: dict) -> np.ndarray:

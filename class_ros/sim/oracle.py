@@ -128,6 +128,14 @@ class OracleRetrievalPolicy:
     def reset(self) -> None:
         """Nothing is carried between chunks."""
 
+    def new_episode_state(self) -> None:
+        """Nothing is kept per episode (the interface evaluation uses to run several envs)."""
+        return None
+
+    def predict_action_chunks(self, observations: list[dict], states: list) -> np.ndarray:
+        """B observations -> (B, H, 7) chunks, each as predict_action_chunk answers it alone."""
+        return np.stack([self.predict_action_chunk(obs) for obs in observations])
+
     def predict_action_chunk(self, obs: dict) -> np.ndarray:
         """{PRIVILEGED: (S,), "joint_pos": (7,), ...} -> (H, 7) float32 chunk."""
         if PRIVILEGED not in obs or JOINTS not in obs:
