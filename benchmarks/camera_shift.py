@@ -459,7 +459,8 @@ def pack_carry(out: Path, tasks: list[str], summary: dict, dest: Path) -> list[P
             ema = RunDir.open(src / "class_run", kind="encoder").load_weights("encoder")["ema"]
             half = {k: v.half() if v.is_floating_point() and v.numel() > SMALL_TENSOR else v for k, v in ema.items()}
             run = RunDir.open(dst / "class_run", kind="encoder")
-            run.meta["files"] = {k: v for k, v in run.meta["files"].items() if k in (CONFIG, NORMALIZER)}  # what travels
+            # Only the files that travel stay recorded (the new weights are recorded as they are saved).
+            run.meta["files"] = {k: v for k, v in run.meta["files"].items() if k in (CONFIG, NORMALIZER)}
             run.save_weights("encoder", {"ema": half})
             assert half and all(t.dtype in (torch.float16, torch.float32) or not t.is_floating_point()
                                 for t in half.values())

@@ -131,8 +131,8 @@ def evaluate_policy(policy, task: str = "lift", camera: str = "fixed", episodes:
     caller pass its own ArmEnv (it is not closed here); otherwise one is made and closed.
     `workers` > 1 runs that many envs in worker processes (class_ros.sim.pool.EnvPool) while this process
     queries the policy, if it has `new_episode_state()` and `predict_action_chunks(observations, states)`
-    (the retrieval and diffusion policies do; others run in one env). Every episode depends on its seed alone, so
-    the result equals the serial one. `batch`: one forward pass for all live envs (default: on CUDA only;
+    (the retrieval, diffusion and oracle policies do; others run in one env). Every episode depends on its
+    seed alone, so the result equals the serial one. `batch`: one forward pass for all live envs (default: on CUDA only;
     on CPUs batched float arithmetic rounds differently from one observation at a time, and the result
     would no longer equal the serial one to the bit).
     """
