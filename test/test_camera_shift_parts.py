@@ -97,7 +97,7 @@ def test_rehearsal_runs_both_parts_apart_into_one_table(tmp_path):
     cells = [c for p in res["results"]["lift"].values() for c in p.values()]
     assert len(cells) == 3 * len(camera_shift.POLICIES) and all(c["episodes"] == 2 for c in cells)
     part1, part2 = res["stage_seconds"]["lift part 1"], res["stage_seconds"]["lift part 2"]
-    assert list(part1) == camera_shift.PARTS[1] and list(part2) == camera_shift.PARTS[2]
+    assert set(part1) == set(camera_shift.PARTS[1]) and set(part2) == set(camera_shift.PARTS[2])  # JSON sorts keys
     assert not (tmp_path / "m2" / "rehearsal" / "lift" / "index").exists()
     assert (tmp_path / "m2" / "rehearsal" / "lift" / "dp_class").is_dir()
     assert set(res["total_seconds"]) == {"part 1", "part 2"}
