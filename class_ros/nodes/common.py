@@ -41,6 +41,17 @@ def declare_params(node: Node, params_cls):
     return params_cls(**values)
 
 
+def release(node, timer=None, publisher=None, subscriptions=()) -> None:
+    """Destroy what a lifecycle node's on_configure made: its timer, lifecycle publisher and subscriptions
+    (on cleanup and on shutdown; each may be None or empty)."""
+    if timer is not None:
+        node.destroy_timer(timer)
+    if publisher is not None:
+        node.destroy_lifecycle_publisher(publisher)
+    for sub in subscriptions:
+        node.destroy_subscription(sub)
+
+
 def autostart(node) -> None:
     """Drive a lifecycle node through configure and activate (its `autostart` parameter); a failed
     configure ends the node with the one sentence its on_configure left in `node.error`."""

@@ -20,8 +20,8 @@ from sensor_msgs.msg import Image, JointState
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes.camera_node import output_topic
-from class_ros.nodes.common import (CallbackGuard, RateMeter, autostart, declare_params, param, require, run_node,
-                                    stamp_to_sec)
+from class_ros.nodes.common import (CallbackGuard, RateMeter, autostart, declare_params, param, release, require,
+                                    run_node, stamp_to_sec)
 from class_ros.nodes.observation import JointStateBuffer, feature_to_image, image_to_array
 
 
@@ -119,15 +119,8 @@ class EmbeddingNode(LifecycleNode):
 
     def _release(self) -> None:
         """Destroy what on_configure made: timer, publisher, subscriptions, the loaded encoder."""
-        if self.timer is not None:
-            self.destroy_timer(self.timer)
-            self.timer = None
-        if self.pub is not None:
-            self.destroy_lifecycle_publisher(self.pub)
-            self.pub = None
-        for sub in self.subscriptions_made:
-            self.destroy_subscription(sub)
-        self.subscriptions_made = []
+        release(self, self.timer, self.pub, self.subscriptions_made)
+        self.timer, self.pub, self.subscriptions_made = None, None, []
         self.policy = None
 
     def _on_joint_state(self, msg: JointState) -> None:

@@ -28,7 +28,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes.common import (CallbackGuard, RateMeter, autostart, declare_params, key_values, now_sec, param,
-                                    require, run_node, stamp_to_sec)
+                                    release, require, run_node, stamp_to_sec)
 from class_ros.nodes.observation import JointStateBuffer, image_to_array, image_to_feature
 from class_ros.policy import POLICY_KINDS
 
@@ -235,15 +235,8 @@ class PolicyNode(LifecycleNode):
 
     def _release(self) -> None:
         """Destroy what on_configure made: timer, chunk publisher, input subscriptions, the loaded run."""
-        if self.timer is not None:
-            self.destroy_timer(self.timer)
-            self.timer = None
-        if self.chunk_pub is not None:
-            self.destroy_lifecycle_publisher(self.chunk_pub)
-            self.chunk_pub = None
-        for sub in self.inputs.subscriptions if self.inputs else []:
-            self.destroy_subscription(sub)
-        self.inputs = None
+        release(self, self.timer, self.chunk_pub, self.inputs.subscriptions if self.inputs else ())
+        self.timer, self.chunk_pub, self.inputs = None, None, None
         self.policy = None
 
     # --- the work -----------------------------------------------------------------------------------------
