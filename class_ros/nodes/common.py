@@ -41,6 +41,17 @@ def declare_params(node: Node, params_cls):
     return params_cls(**values)
 
 
+class ReleasesOnCleanup:
+    """Lifecycle-node mixin: cleanup and shutdown both destroy what on_configure made (`self._release()`)."""
+
+    def on_cleanup(self, state):
+        from rclpy.lifecycle import TransitionCallbackReturn
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    on_shutdown = on_cleanup
+
+
 def release(node, timer=None, publisher=None, subscriptions=()) -> None:
     """Destroy what a lifecycle node's on_configure made: its timer, lifecycle publisher and subscriptions
     (on cleanup and on shutdown; each may be None or empty)."""

@@ -20,8 +20,8 @@ from sensor_msgs.msg import Image, JointState
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes.camera_node import output_topic
-from class_ros.nodes.common import (CallbackGuard, RateMeter, autostart, declare_params, param, release, require,
-                                    run_node, stamp_to_sec)
+from class_ros.nodes.common import (CallbackGuard, RateMeter, ReleasesOnCleanup, autostart, declare_params, param,
+                                    release, require, run_node, stamp_to_sec)
 from class_ros.nodes.observation import JointStateBuffer, feature_to_image, image_to_array
 
 
@@ -52,7 +52,7 @@ class EmbeddingParams:
         require(self.poll_hz > 0, f"poll_hz must be positive, got {self.poll_hz}.")
 
 
-class EmbeddingNode(LifecycleNode):
+class EmbeddingNode(ReleasesOnCleanup, LifecycleNode):
     """Encodes observations on a timer, never in a subscription callback.
 
     Lifecycle (as ros2/demos lifecycle_py): configure loads the encoder and makes the subscriptions, the
@@ -108,14 +108,6 @@ class EmbeddingNode(LifecycleNode):
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.done_stamp = None
         return super().on_activate(state)  # enables the lifecycle publisher
-
-    def on_cleanup(self, state) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
         """Destroy what on_configure made: timer, publisher, subscriptions, the loaded encoder."""

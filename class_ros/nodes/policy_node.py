@@ -27,8 +27,8 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from class_ros.errors import ClassRosError
-from class_ros.nodes.common import (CallbackGuard, RateMeter, autostart, declare_params, key_values, now_sec, param,
-                                    release, require, run_node, stamp_to_sec)
+from class_ros.nodes.common import (CallbackGuard, RateMeter, ReleasesOnCleanup, autostart, declare_params, key_values,
+                                    now_sec, param, release, require, run_node, stamp_to_sec)
 from class_ros.nodes.observation import JointStateBuffer, image_to_array, image_to_feature
 from class_ros.policy import POLICY_KINDS
 
@@ -149,7 +149,7 @@ class PolicyParams:
         require(self.poll_hz > 0, f"poll_hz must be positive, got {self.poll_hz}.")
 
 
-class PolicyNode(LifecycleNode):
+class PolicyNode(ReleasesOnCleanup, LifecycleNode):
     """Runs the policy on a timer in its own callback group on the newest observation.
 
     Lifecycle (as ros2/demos lifecycle_py): configure loads the run and makes the inputs, the lifecycle
@@ -224,14 +224,6 @@ class PolicyNode(LifecycleNode):
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         self.get_logger().info("inactive: no chunks (the arm holds after its chunk timeout)")
         return super().on_deactivate(state)
-
-    def on_cleanup(self, state) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
         """Destroy what on_configure made: timer, chunk publisher, input subscriptions, the loaded run."""
