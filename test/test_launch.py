@@ -60,11 +60,10 @@ def entry_points():
 
 
 def declared_parameters(node_name):
-    """Parameter names a node module declares with `declare(self, "name", ...)` or as the fields of its
-    `*Params` dataclass, plus use_sim_time."""
+    """Parameter names a node module declares: the fields of its `*Params` dataclass, plus use_sim_time."""
     module = REPO / "class_ros" / "nodes" / f"{node_name}.py"
     tree = ast.parse(module.read_text())
-    names = {c.args[1].value for c in calls(tree, "declare") if len(c.args) > 1 and isinstance(c.args[1], ast.Constant)}
+    names = set()
     for cls in ast.walk(tree):
         if isinstance(cls, ast.ClassDef) and cls.name.endswith("Params"):
             names |= {f.target.id for f in cls.body if isinstance(f, ast.AnnAssign)}

@@ -14,7 +14,7 @@ are read once, into the frozen `ArmCommandParams`, and are read-only.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -29,52 +29,48 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from class_ros.control import (ArmStateMachine, ChunkEnsembler, EePoseLimits, EePoseSafetyFilter, JointLimits,
                                JointSafetyFilter, Watchdog)
 from class_ros.control.rotation import matrix_to_quaternion, matrix_to_rot6d, quaternion_to_matrix, rot6d_to_matrix
-from class_ros.nodes.common import CallbackGuard, RateMeter, declare, key_values, now_sec, percentiles, require, \
-    run_node, stamp_to_sec
+from class_ros.nodes.common import (CallbackGuard, RateMeter, declare_params, key_values, now_sec, param, percentiles,
+                                    require, run_node, stamp_to_sec)
 
 INTERFACES = ("forward_position", "joint_trajectory")
 KINDS = ("joint_position", "ee_pose")
 EE_NAMES = ["x", "y", "z", "r0", "r1", "r2", "r3", "r4", "r5"]
 
 
-def _p(default, doc: str):
-    return field(default=default, metadata={"doc": doc})
-
-
 @dataclass(frozen=True)
 class ArmCommandParams:
     """Every parameter of arm_command_node, read once at start (lists become tuples)."""
 
-    action_kind: str = _p("joint_position", "joint_position or ee_pose")
-    joints: tuple = _p(("",), "arm joint names, in command order")
-    gripper_joint: str = _p("gripper", "gripper name in joint_states and the last action dim; empty for none")
-    command_interface: str = _p("forward_position", "forward_position (Float64MultiArray) or joint_trajectory")
-    command_topic: str = _p("/forward_position_controller/commands", "forward position controller command topic")
-    trajectory_topic: str = _p("/joint_trajectory_controller/joint_trajectory", "joint trajectory controller topic")
-    gripper_topic: str = _p("/gripper_controller/commands", "gripper command topic (Float64MultiArray, 1 value)")
-    ee_command_topic: str = _p("/cartesian_controller/target_pose", "PoseStamped target topic for ee_pose actions")
-    ee_state_topic: str = _p("/cartesian_controller/current_pose", "PoseStamped measured pose for ee_pose actions")
-    ee_frame: str = _p("base_link", "frame_id of the PoseStamped commands")
-    joint_states_topic: str = _p("/joint_states", "measured joint states")
-    camera_topic: str = _p("/camera/image_raw", "camera whose header stamps the watchdog checks; empty to not watch")
-    diagnostics_topic: str = _p("/diagnostics", "where the camera node's decode errors are read and ours published")
-    rate_hz: float = _p(50.0, "command rate (Hz)")
-    max_age: float = _p(0.2, "joint states / camera older than this (s) -> hold")
-    max_future: float = _p(0.05, "stamps further ahead of this node's clock (s) are a clock-skew fault -> hold")
-    chunk_timeout: float = _p(0.5, "no chunk for this long (s) -> hold")
-    ensemble_decay: float = _p(0.1, "temporal ensembling weight exp(-decay * k), k = steps into a chunk")
-    interpolate: bool = _p(False, "interpolate between chunk steps (false: hold each step for its period)")
-    lower: tuple = _p((0.0,), "position lower limits (joints, then gripper)")
-    upper: tuple = _p((0.0,), "position upper limits (joints, then gripper)")
-    margin: tuple = _p((0.02,), "distance kept from the position limits (one or per joint)")
-    max_velocity: tuple = _p((1.0,), "per joint or one value (units/s)")
-    max_acceleration: tuple = _p((10.0,), "per joint or one value (units/s^2)")
-    max_step: tuple = _p((0.2,), "|measured - command| beyond this latches a tracking fault (per joint or one)")
-    workspace_min: tuple = _p((-1.0, -1.0, 0.0), "ee_pose workspace box min (m)")
-    workspace_max: tuple = _p((1.0, 1.0, 1.0), "ee_pose workspace box max (m)")
-    max_translation: float = _p(0.01, "ee_pose max translation per step (m)")
-    max_rotation: float = _p(0.05, "ee_pose max rotation per step (rad)")
-    gripper_max_step: float = _p(0.1, "ee_pose gripper max change per step")
+    action_kind: str = param("joint_position", "joint_position or ee_pose")
+    joints: tuple = param(("",), "arm joint names, in command order")
+    gripper_joint: str = param("gripper", "gripper name in joint_states and the last action dim; empty for none")
+    command_interface: str = param("forward_position", "forward_position (Float64MultiArray) or joint_trajectory")
+    command_topic: str = param("/forward_position_controller/commands", "forward position controller command topic")
+    trajectory_topic: str = param("/joint_trajectory_controller/joint_trajectory", "joint trajectory controller topic")
+    gripper_topic: str = param("/gripper_controller/commands", "gripper command topic (Float64MultiArray, 1 value)")
+    ee_command_topic: str = param("/cartesian_controller/target_pose", "PoseStamped target topic for ee_pose actions")
+    ee_state_topic: str = param("/cartesian_controller/current_pose", "PoseStamped measured pose for ee_pose actions")
+    ee_frame: str = param("base_link", "frame_id of the PoseStamped commands")
+    joint_states_topic: str = param("/joint_states", "measured joint states")
+    camera_topic: str = param("/camera/image_raw", "camera whose header stamps the watchdog checks; empty to not watch")
+    diagnostics_topic: str = param("/diagnostics", "where the camera node's decode errors are read and ours published")
+    rate_hz: float = param(50.0, "command rate (Hz)")
+    max_age: float = param(0.2, "joint states / camera older than this (s) -> hold")
+    max_future: float = param(0.05, "stamps further ahead of this node's clock (s) are a clock-skew fault -> hold")
+    chunk_timeout: float = param(0.5, "no chunk for this long (s) -> hold")
+    ensemble_decay: float = param(0.1, "temporal ensembling weight exp(-decay * k), k = steps into a chunk")
+    interpolate: bool = param(False, "interpolate between chunk steps (false: hold each step for its period)")
+    lower: tuple = param((0.0,), "position lower limits (joints, then gripper)")
+    upper: tuple = param((0.0,), "position upper limits (joints, then gripper)")
+    margin: tuple = param((0.02,), "distance kept from the position limits (one or per joint)")
+    max_velocity: tuple = param((1.0,), "per joint or one value (units/s)")
+    max_acceleration: tuple = param((10.0,), "per joint or one value (units/s^2)")
+    max_step: tuple = param((0.2,), "|measured - command| beyond this latches a tracking fault (per joint or one)")
+    workspace_min: tuple = param((-1.0, -1.0, 0.0), "ee_pose workspace box min (m)")
+    workspace_max: tuple = param((1.0, 1.0, 1.0), "ee_pose workspace box max (m)")
+    max_translation: float = param(0.01, "ee_pose max translation per step (m)")
+    max_rotation: float = param(0.05, "ee_pose max rotation per step (rad)")
+    gripper_max_step: float = param(0.1, "ee_pose gripper max change per step")
 
     def __post_init__(self):
         require(self.action_kind in KINDS, f"action_kind must be one of {KINDS}, got {self.action_kind!r}.")
@@ -89,16 +85,6 @@ class ArmCommandParams:
         else:
             require(bool(self.gripper_joint), "ee_pose actions end with a gripper value; set gripper_joint.")
 
-    @classmethod
-    def declare(cls, node: Node) -> "ArmCommandParams":
-        """Declare every field as a read-only parameter of `node` and read them once."""
-        values = {}
-        for f in fields(cls):
-            listy = isinstance(f.default, tuple)
-            value = declare(node, f.name, list(f.default) if listy else f.default, f.metadata["doc"], True)
-            values[f.name] = tuple(value) if listy else value
-        return cls(**values)
-
     @property
     def action_names(self) -> list[str]:
         """Names of the action dims, in order."""
@@ -111,7 +97,7 @@ class ArmCommandNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("arm_command_node", **kwargs)
-        self.p = p = ArmCommandParams.declare(self)
+        self.p = p = declare_params(self, ArmCommandParams)
         self.kind, self.dt, self.has_gripper = p.action_kind, 1.0 / p.rate_hz, bool(p.gripper_joint)
         self.joints, self.action_names = list(p.joints), p.action_names
         if self.kind == "joint_position":

@@ -72,12 +72,6 @@ def autostart(node) -> None:
     node.trigger_activate()
 
 
-def declare(node: Node, name: str, default, description: str, read_only: bool = False):
-    """Declare one parameter with a descriptor and return its value."""
-    node.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=read_only))
-    return node.get_parameter(name).value
-
-
 def stamp_to_sec(stamp) -> float:
     """builtin_interfaces/Time -> float seconds."""
     return stamp.sec + stamp.nanosec * 1e-9
