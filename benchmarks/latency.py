@@ -10,8 +10,10 @@ real arm is its own machine) and the retrieval policy on the CPU, with the polic
 process and with one process per node, each `idle` (nothing else started by this script) and
 `loaded` (one busy-looping process per core started next to it). Every figure is printed with the
 CPU model, its SIMD flags and the load average before the run (a shared machine is never idle:
-read the load). A probe also times each stage (camera_node output, embedding, chunk: arrival minus
-the frame stamp), which is where to look when the end-to-end figure is high. Targets: p99 under
+read the load). A probe also times each stage (the raw frame, camera_node output, embedding, chunk:
+arrival minus the frame stamp), which is where to look when the end-to-end figure is high. To time an
+AVX-512 machine's kernels as an AVX2-only CPU runs them, set ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2 (the CPU line then says so). Targets: p99 under
 50 ms idle and under 100 ms loaded; decode + preprocess of a 640x480 rgb8 frame under 2 ms.
 Results are written to benchmarks/results/latency.json.
 """
@@ -36,10 +38,13 @@ TARGET_DECODE_MS = 2.0
 
 
 class StageProbe:
-    """Times each stage of the graph: arrival of its output minus the source frame's stamp (wall clock)."""
+    """Times each stage of the graph: arrival of its output minus the source frame's stamp (wall clock).
 
-    TOPICS = {"camera_node": "/camera_node/image", "embedding_node": "/embedding_node/embedding",
-              "policy_node": "/policy_node/action_chunk"}
+    It runs in a process of its own (`start`/`stop`), so its callbacks never compete with the graph for
+    an interpreter."""
+
+    TOPICS = {"raw camera": "/camera/image_raw", "camera_node": "/camera_node/image",
+              "embedding_node": "/embedding_node/embedding", "policy_node": "/policy_node/action_chunk"}
 
     def __init__(self):
         import threading
@@ -56,7 +61,7 @@ class StageProbe:
         self.ms = {name: [] for name in self.TOPICS}
         for name, topic in self.TOPICS.items():
             msg_type = JointTrajectory if name == "policy_node" else Image
-            qos = qos_profile_sensor_data if name == "camera_node" else 10
+            qos = qos_profile_sensor_data if "camera" in name else 10
             self.node.create_subscription(msg_type, topic, lambda m, n=name: self._on(n, m), qos)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
@@ -77,6 +82,36 @@ class StageProbe:
         self.thread.join(timeout=5.0)
         self.node.destroy_node()
         self.ctx.try_shutdown()
+
+    @staticmethod
+    def _serve(stop, results) -> None:
+        probe = StageProbe()
+        stop.wait()
+        probe.close()
+        results.put(probe.summary())
+
+    @classmethod
+    def start(cls):
+        """(process, stop event, result queue) of a probe running in its own process."""
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        stop, results = ctx.Event(), ctx.Queue()
+        proc = ctx.Process(target=cls._serve, args=(stop, results), daemon=True)
+        proc.start()
+        return proc, stop, results
+
+    @staticmethod
+    def stop(handle) -> dict:
+        """Stop a probe from `start`; its summary ({} if it produced none in time)."""
+        import queue
+        proc, stop, results = handle
+        stop.set()
+        try:
+            summary = results.get(timeout=30)
+        except queue.Empty:
+            summary = {}
+        proc.join(timeout=10)
+        return summary
 
 
 def busy_processes(n: int) -> list:
@@ -130,19 +165,20 @@ def bench_graph(run_dir: Path, frames: int, processes: bool, condition: str) -> 
     seconds = frames / 30.0 * 2.0 + 5.0  # frames are dropped (best-effort QoS) when the CPUs are busy
     load = os.getloadavg()[0]
     busy = busy_processes(os.cpu_count() or 1) if condition == "loaded" else []
-    probe = StageProbe()
+    probe = StageProbe.start()
+    stages = {}
     try:
         res = run_closed_loop(run_dir, task="lift", camera="fixed", episodes=1, seed=0, processes=processes,
                               episode_seconds=seconds, node_params={"policy_node": {"replan_period": 0.0}})
     finally:
-        probe.close()
+        stages = StageProbe.stop(probe)
         for p in busy:
             p.kill()
             p.wait()
     lat = np.array(res["latency_ms"][:frames])
     return {"condition": condition, "load_average_before": load, "frames": int(len(lat)),
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "mode": res["mode"],
-            "stages": probe.summary()}
+            "stages": stages}
 
 
 def main() -> int:

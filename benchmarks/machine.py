@@ -2,6 +2,7 @@
 
     from benchmarks.machine import cpu_line, time_steps
     print(cpu_line())                       # "CPU: AMD EPYC 7B13 x2 cores; SIMD avx2 fma (no AVX-512)"
+    # with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 set: "...; kernels limited by ATEN_CPU_CAPABILITY=avx2 ..."
     wall_s, cpu_s = time_steps(step, steps=20, warmup=3, on_cuda=False)
 
 Machines of one kind differ (an AVX-512 Xeon runs the CPU pre-training ~3x faster than an AVX2-only EPYC),
@@ -36,7 +37,12 @@ def cpu_line() -> str:
     """One line naming the CPU, its core count and SIMD flags, to print beside every timing."""
     info = cpu_info()
     avx512 = "" if "avx512f" in info["simd"] else " (no AVX-512)"
-    return f"CPU: {info['model']} x{info['cores']} cores; SIMD {' '.join(info['simd']) or 'none found'}{avx512}"
+    # ATEN_CPU_CAPABILITY=avx2 (torch) and ONEDNN_MAX_CPU_ISA=AVX2 (oneDNN) keep an AVX-512 machine's
+    # kernels to AVX2: the nearest this machine gets to an AVX2-only CPU (same cores, same caches).
+    limits = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(k)]
+    limited = f"; kernels limited by {' '.join(limits)}" if limits else ""
+    return (f"CPU: {info['model']} x{info['cores']} cores; SIMD {' '.join(info['simd']) or 'none found'}{avx512}"
+            f"{limited}")
 
 
 def time_steps(step, steps: int, warmup: int, on_cuda: bool) -> tuple[float, float]:

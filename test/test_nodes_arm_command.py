@@ -573,6 +573,16 @@ def test_alone_without_input_it_says_what_it_waits_for():
         assert st.level == st.WARN
         assert st.message == "waiting for joint states; waiting for camera; waiting for a chunk"
         assert not rig.commands  # nothing is safe to command before a measured state
+        # A refused reset, then a granted one: both answered, and the node lives on (rclpy refuses one
+        # logging call site used at two severities; that once killed the node's executor here).
+        refused = rig.reset_estop()
+        assert not refused.success and "no measured state" in refused.message
+        rig.joint_states_on = rig.camera_on = True
+        rig.wait_for_commands()
+        assert rig.reset_estop().success
+        n = len(rig.commands)
+        time.sleep(0.5)
+        assert len(rig.commands) > n
     finally:
         rig.close()
         proc.terminate()

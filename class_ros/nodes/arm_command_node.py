@@ -111,7 +111,7 @@ class ArmCommandNode(Node):
                                                         p.max_future),
                                   ChunkEnsembler(decay=p.ensemble_decay, interpolate=p.interpolate),
                                   self.action_names)
-        self.guard = CallbackGuard(self.get_logger())
+        self.guard = CallbackGuard(self)
         self.latency: list[float] = []  # s, observation stamp -> first command that used the chunk
         self.rates = {k: RateMeter() for k in ("command", "chunk", "joint_state", "camera")}
         self.sent = 0  # commands published
@@ -225,7 +225,11 @@ class ArmCommandNode(Node):
             response.success, response.message = self.sm.reset(now_sec(self))
         except Exception as err:  # noqa: BLE001 - the service must answer
             response.success, response.message = False, f"reset failed: {err}"
-        (self.get_logger().info if response.success else self.get_logger().warning)(response.message)
+        # Two call sites: rclpy refuses one logging call site used at two severities (ValueError).
+        if response.success:
+            self.get_logger().info(response.message)
+        else:
+            self.get_logger().warning(response.message)
         return response
 
     # --- the control tick -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from class_ros.errors import ClassRosError
 from class_ros.data.images import UnsupportedEncoding
-from class_ros.nodes.common import RateMeter, declare_params, key_values, param, require, run_node
+from class_ros.nodes.common import NEWEST, RateMeter, declare_params, key_values, param, require, run_node
 
 
 def output_topic(i: int) -> str:
@@ -66,7 +66,7 @@ class CameraNode(Node):
             pub = self.create_publisher(Image, output_topic(i), qos_profile_sensor_data)
             self.pubs.append(pub)
             self.create_subscription(msg_type, topic, lambda msg, t=topic, pub=pub: self._on_image(msg, t, pub),
-                                     qos_profile_sensor_data)
+                                     NEWEST)  # behind, it converts the newest frame next, not a backlog
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(f"{topics} -> {self.size[0]}x{self.size[1]} rgb8")

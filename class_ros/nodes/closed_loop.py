@@ -3,8 +3,9 @@
     res = run_closed_loop("runs/demo/class_run", task="lift", camera="fixed", episodes=3, seed=0)
     res["successes"], res["latency_p99_ms"]
 
-The graph comes from class_ros.nodes.graph (one process, or one per node); the sim node always runs
-in its own process, as a real arm is its own machine.
+The graph comes from class_ros.nodes.graph (the policy graph in one child process, as `class-ros graph`
+runs it, or one process per node); the sim node always runs in its own process, as a real arm is its
+own machine, and this driver in the caller's: none of them shares an interpreter with the policy graph.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes import topology
-from class_ros.nodes.graph import _check_env, start_in_process, start_processes
+from class_ros.nodes.graph import _check_env, start_one_process, start_processes
 
 
 class EpisodeDriver:
@@ -127,7 +128,7 @@ def run_closed_loop(run_dir, task: str = "lift", camera: str = "fixed", episodes
     specs = topology.graph(policy, sim=True)
     extra = dict(run_dir=str(run_dir), policy=policy)
     sim_yaml = _sim_overrides(task, camera, seeds[0] if seeds else seed)
-    starter = start_processes if processes else start_in_process
+    starter = start_processes if processes else start_one_process
     results = []
     with _extra_params(sim_yaml, node_params) as files:
         specs = [topology.NodeSpec(s.name, s.params + tuple(files.get(s.name, ())), s.remappings) for s in specs]

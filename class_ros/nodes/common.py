@@ -10,13 +10,16 @@ from collections import deque
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import ParameterDescriptor
 
 from class_ros.errors import ClassRosError
 
 # Latched topics (~/estop, ~/success): a subscriber that joins late still gets the last value at once.
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Observation streams that trigger work (frames, embeddings): the reader keeps only the newest sample, so
+# a consumer that fell behind works on the latest observation next, never through a backlog of old ones.
+NEWEST = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
 def param(default, description: str, read_only: bool = True):
@@ -52,11 +55,9 @@ class ReleasesOnCleanup:
     on_shutdown = on_cleanup
 
 
-def release(node, timer=None, publisher=None, subscriptions=()) -> None:
-    """Destroy what a lifecycle node's on_configure made: its timer, lifecycle publisher and subscriptions
-    (on cleanup and on shutdown; each may be None or empty)."""
-    if timer is not None:
-        node.destroy_timer(timer)
+def release(node, publisher=None, subscriptions=()) -> None:
+    """Destroy what a lifecycle node's on_configure made: its lifecycle publisher and subscriptions
+    (on cleanup and on shutdown; either may be None or empty)."""
     if publisher is not None:
         node.destroy_lifecycle_publisher(publisher)
     for sub in subscriptions:
@@ -126,7 +127,7 @@ def run_node(node_factory, args=None) -> int:
     signals (`ros2 launch` sends its own SIGINT after the terminal's, then SIGTERM) change nothing, so the
     cleanup is never cut short. The executor spins off the main thread (spin_off_main_thread).
     A SingleThreadedExecutor: rclpy's MultiThreadedExecutor busy-loops while a ready callback waits for
-    its callback group (an inference timer makes that the common case) and starves the machine.
+    its callback group (a long inference callback makes that the common case) and starves the machine.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -201,16 +202,20 @@ def spin_off_main_thread(executor) -> None:
 class CallbackGuard:
     """Catches what a callback raises: each kind is logged once, then only counted (for /diagnostics).
 
-    No message may kill a node: a callback that fails drops its input and the node keeps running.
+    No message may kill a node: a callback that fails drops its input and the node keeps running. Once
+    the node's context is shut down (a stop), a callback's failed publish is the stop, not an error.
     """
 
-    def __init__(self, logger):
+    def __init__(self, node):
         from collections import Counter
-        self.logger = logger
+        self.node = node
+        self.logger = node.get_logger()
         self.counts = Counter()  # "callback: ErrorType" -> how many times
 
     def record(self, name: str, err: BaseException) -> None:
         """Count one exception raised in callback `name`; log it the first time its kind is seen."""
+        if not self.node.context.ok():
+            return  # shutting down
         key = f"{name}: {type(err).__name__}"
         self.counts[key] += 1
         if self.counts[key] == 1:

@@ -4,24 +4,25 @@ Usage:
     embedding_node --ros-args --params-file config/policy.yaml -p run_dir:=runs/class
     (a lifecycle node: with autostart:=false, `ros2 lifecycle set /embedding_node configure|activate`)
 
-Subscriptions only store the latest messages; a timer in its own callback group encodes the newest
-frame with the run's EMA encoder and publishes `~/embedding` (a 1 x F 32FC1 sensor_msgs/Image) with
-the source frame's header, so the stamp travels on to the command.
+Event-driven: each frame of the first camera is encoded as it arrives (the other cameras' newest
+frames and the joint state as of its stamp with it) by the run's EMA encoder, and `~/embedding` (a
+1 x F 32FC1 sensor_msgs/Image) goes out with the source frame's header, so the stamp travels on to the
+command. The camera readers keep only the newest frame (common.NEWEST): a slow encoder skips frames
+rather than working through old ones, and nothing waits on a polling timer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 
 from class_ros.errors import ClassRosError
 from class_ros.nodes.camera_node import output_topic
-from class_ros.nodes.common import (CallbackGuard, RateMeter, ReleasesOnCleanup, autostart, declare_params, param,
-                                    release, require, run_node, stamp_to_sec)
+from class_ros.nodes.common import (NEWEST, CallbackGuard, RateMeter, ReleasesOnCleanup,
+                                    autostart, declare_params, param, release, require, run_node, stamp_to_sec)
 from class_ros.nodes.observation import JointStateBuffer, feature_to_image, image_to_array
 
 
@@ -42,22 +43,18 @@ class EmbeddingParams:
 
     run_dir: str = param("", "pre-training run (with a retrieval index)")
     device: str = param("cpu", "torch device of the encoder")
-    poll_hz: float = param(200.0, "how often the timer looks for a new frame")
     joint_states_topic: str = param("/joint_states", "joint states topic")
     torch_threads: int = param(1, "CPU threads for the encoder; 1 keeps OpenMP's busy-waiting threads from starving "
                                   "the other nodes of a one-process graph")
     autostart: bool = param(True, "configure and activate at start-up")
 
-    def __post_init__(self):
-        require(self.poll_hz > 0, f"poll_hz must be positive, got {self.poll_hz}.")
-
 
 class EmbeddingNode(ReleasesOnCleanup, LifecycleNode):
-    """Encodes observations on a timer, never in a subscription callback.
+    """Encodes each new frame of the first camera as it arrives.
 
-    Lifecycle (as ros2/demos lifecycle_py): configure loads the encoder and makes the subscriptions, the
-    lifecycle `~/embedding` publisher and the timer; activate enables the publisher; deactivate disables
-    it (the timer then skips encoding); cleanup and shutdown destroy what configure made.
+    Lifecycle (as ros2/demos lifecycle_py): configure loads the encoder and makes the subscriptions and
+    the lifecycle `~/embedding` publisher; activate enables the publisher; deactivate disables it (frames
+    are then not encoded either); cleanup and shutdown destroy what configure made.
     """
 
     def __init__(self, **kwargs):
@@ -66,12 +63,12 @@ class EmbeddingNode(ReleasesOnCleanup, LifecycleNode):
         self.error = ""  # why the last configure failed
         self.policy = None
         self.pub = None
-        self.timer = None
         self.subscriptions_made = []
         self.latest: dict[str, Image] = {}
         self.done_stamp = None
         self.rate = RateMeter()
-        self.guard = CallbackGuard(self.get_logger())  # a failing frame is skipped, never fatal
+        self.guard = CallbackGuard(self)  # a failing frame is skipped, never fatal
+        self.encode = self.guard.wrap("encode", self._encode_newest)
         if self.p.autostart:
             autostart(self)
 
@@ -95,13 +92,11 @@ class EmbeddingNode(ReleasesOnCleanup, LifecycleNode):
         self.joints = JointStateBuffer(self.policy.joint_names)
         self.latest = {}
         self.subscriptions_made = [
-            self.create_subscription(Image, output_topic(i), lambda m, c=cam: self.latest.__setitem__(c, m),
-                                     qos_profile_sensor_data) for i, cam in enumerate(self.cameras)]
+            self.create_subscription(Image, output_topic(i), lambda m, c=cam: self._on_frame(c, m), NEWEST)
+            for i, cam in enumerate(self.cameras)]
         self.subscriptions_made.append(self.create_subscription(JointState, self.p.joint_states_topic,
                                                                 self._on_joint_state, qos_profile_sensor_data))
         self.pub = self.create_lifecycle_publisher(Image, "~/embedding", 10)
-        self.timer = self.create_timer(1.0 / self.p.poll_hz, self.guard.wrap("encode", self._tick),
-                                       callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(f"encoding {self.cameras} + {self.proprio} from {self.p.run_dir}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -110,10 +105,15 @@ class EmbeddingNode(ReleasesOnCleanup, LifecycleNode):
         return super().on_activate(state)  # enables the lifecycle publisher
 
     def _release(self) -> None:
-        """Destroy what on_configure made: timer, publisher, subscriptions, the loaded encoder."""
-        release(self, self.timer, self.pub, self.subscriptions_made)
-        self.timer, self.pub, self.subscriptions_made = None, None, []
+        """Destroy what on_configure made: publisher, subscriptions, the loaded encoder."""
+        release(self, self.pub, self.subscriptions_made)
+        self.pub, self.subscriptions_made = None, []
         self.policy = None
+
+    def _on_frame(self, camera: str, msg: Image) -> None:
+        self.latest[camera] = msg
+        if camera == self.cameras[0]:  # the first camera's frame carries the stamp: encode now
+            self.encode()
 
     def _on_joint_state(self, msg: JointState) -> None:
         if not self.joints.add(msg):
@@ -131,7 +131,7 @@ class EmbeddingNode(ReleasesOnCleanup, LifecycleNode):
         """(F,) feature of one observation dict."""
         return self.policy.embed(obs)
 
-    def _tick(self) -> None:
+    def _encode_newest(self) -> None:
         if self.pub is None or not self.pub.is_activated:
             return  # inactive: no encoding either
         msgs = [self.latest.get(c) for c in self.cameras]

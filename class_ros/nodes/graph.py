@@ -20,6 +20,8 @@ class_ros.nodes.closed_loop.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -63,16 +65,22 @@ def run(args: argparse.Namespace) -> int:
     specs = topology.graph(args.policy, args.sim, args.robot_config)
     extra = dict(run_dir=args.run_dir, policy=args.policy, camera_topic=args.camera_topic,
                  use_sim_time=args.use_sim_time)
-    starter = start_processes if args.processes else start_in_process
+    return run_graph(specs, args.params, extra, args.processes, args.duration, args.respawn)
+
+
+def run_graph(specs, params_file: str, extra: dict, processes: bool = False, duration: float = 0.0,
+              respawn: bool = False) -> int:
+    """Start the graph, supervise it until stopped; returns the exit status (see supervise)."""
+    starter = start_processes if processes else start_in_process
     # Ctrl-C and SIGTERM only ask the graph to stop: a second one during start-up or shutdown cannot cut
     # either short (no half-destroyed nodes, no orphaned processes), and the stop exits 0 without a traceback.
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with starter(specs, args.params, extra) as graph:
+        with starter(specs, params_file, extra) as graph:
             print(f"class-ros graph: running {[s.name for s in specs]} "
-                  f"({'processes' if args.processes else 'one process'}); Ctrl-C stops it.", flush=True)
-            code = supervise(graph, args.duration, args.respawn, stop)
+                  f"({'processes' if processes else 'one process'}); Ctrl-C stops it.", flush=True)
+            code = supervise(graph, duration, respawn, stop)
     finally:
         # After a stop the process is on its way out: a late second Ctrl-C must not turn exit 0 into death
         # by SIGINT, so stop signals stay ignored; otherwise (duration over, a node gone) the old handlers return.
@@ -138,7 +146,7 @@ class InProcessGraph:
     """Every node in this process, each spun by its own SingleThreadedExecutor in a background thread.
 
     Not one MultiThreadedExecutor: rclpy's busy-loops (100% of a core, holding the GIL) while a ready
-    callback waits for its mutually exclusive group, which an inference timer makes the common case.
+    callback waits for its mutually exclusive group, which long inference callbacks make the common case.
     One executor per node keeps inference in one node from delaying another node's callbacks.
     """
 
@@ -209,11 +217,10 @@ class InProcessGraph:
 
 
 class ProcessGraph:
-    """One process per node, as `ros2 launch` would start them."""
+    """Child processes, each running one node (as `ros2 launch` would start them) or the whole graph."""
 
-    def __init__(self, specs, params_file: str, extra: dict):
-        self.cmds = {s.name: [sys.executable, "-m", NODE_CLASSES[s.name][0], *_node_args(s, params_file, extra)]
-                     for s in specs}
+    def __init__(self, cmds: dict[str, list[str]]):
+        self.cmds = cmds
         self.procs = {name: subprocess.Popen(cmd, env=os.environ.copy()) for name, cmd in self.cmds.items()}
 
     def alive(self) -> bool:
@@ -250,4 +257,33 @@ def start_in_process(specs, params_file: str = topology.POLICY_PARAMS, extra: di
 
 def start_processes(specs, params_file: str = topology.POLICY_PARAMS, extra: dict | None = None):
     """Context manager: one process per node; interrupted and reaped on exit."""
-    return closing(ProcessGraph(specs, params_file, extra or {}))
+    return closing(ProcessGraph({s.name: [sys.executable, "-m", NODE_CLASSES[s.name][0],
+                                          *_node_args(s, params_file, extra or {})] for s in specs}))
+
+
+def start_one_process(specs, params_file: str = topology.POLICY_PARAMS, extra: dict | None = None):
+    """Context manager: the graph in ONE child process, as `class-ros graph` runs it, so that the caller's
+    own ROS work (an episode driver, a latency probe) never shares the graph's interpreter and its GIL."""
+    spec = json.dumps({"specs": [dataclasses.asdict(s) for s in specs], "params_file": params_file,
+                       "extra": extra or {}})
+    return closing(ProcessGraph({"policy graph": [sys.executable, "-m", "class_ros.nodes.graph", spec]}))
+
+
+def _serve(spec: str) -> int:
+    """start_one_process's child: the graph described by `spec` (JSON) until SIGINT / SIGTERM."""
+    d = json.loads(spec)
+    specs = [topology.NodeSpec(s["name"], tuple(s["params"]), tuple(tuple(r) for r in s["remappings"]))
+             for s in d["specs"]]
+    return run_graph(specs, d["params_file"], d["extra"])
+
+
+if __name__ == "__main__":
+    _check_env()
+    try:
+        status = _serve(sys.argv[1])
+    except ClassRosError as err:
+        print(f"class-ros graph: error: {err}", file=sys.stderr)
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # as run_node: no interpreter teardown after rclpy / torch (it can hang)

@@ -8,9 +8,12 @@ configure: load the run (retrieval index or diffusion model), check its action k
 the parameters, warm it up. activate: publish chunks. deactivate: stop publishing (and inferring);
 `ros2 lifecycle set /policy_node deactivate` pauses the policy, `activate` resumes it.
 Retrieval reads `~/embedding` (embedding_node); diffusion reads `~/image` and /joint_states itself.
+Event-driven: the policy runs when a new observation arrives (an embedding, or the first camera's
+frame), never on a polling timer; the readers keep only the newest observation (common.NEWEST).
 Chunks carry the observation's stamp; point k is due at stamp + k * dt (dt = 1 / the run's control rate).
-By default a new chunk follows every (n_action_steps - 1) steps, so each chunk runs open loop as the
-method executes it; `replan_period:=0` sends one per new observation for arm_command_node to blend.
+By default the first observation (n_action_steps - 1) steps after the last chunk makes the next one,
+so each chunk runs open loop as the method executes it; `replan_period:=0` sends one per new
+observation for arm_command_node to blend.
 The retrieval confidence gate: when the nearest demonstration is further than `max_nearest_distance`
 (1 - cos), no chunk is sent (the arm holds after its chunk timeout) and /diagnostics says why.
 """
@@ -20,15 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from class_ros.errors import ClassRosError
-from class_ros.nodes.common import (CallbackGuard, RateMeter, ReleasesOnCleanup, autostart, declare_params, key_values,
-                                    now_sec, param, release, require, run_node, stamp_to_sec)
+from class_ros.nodes.common import (NEWEST, CallbackGuard, RateMeter, ReleasesOnCleanup,
+                                    autostart, declare_params, key_values, now_sec, param, release, require, run_node,
+                                    stamp_to_sec)
 from class_ros.nodes.observation import JointStateBuffer, image_to_array, image_to_feature
 from class_ros.policy import POLICY_KINDS
 
@@ -55,15 +58,17 @@ def chunk_message(chunk: np.ndarray, names: list[str], header, dt: float) -> Joi
 
 
 class EmbeddingInput:
-    """Retrieval: the observation feature comes from embedding_node's `~/embedding`."""
+    """Retrieval: the observation feature comes from embedding_node's `~/embedding`; each one calls `on_new`."""
 
-    def __init__(self, node, policy):
+    def __init__(self, node, policy, on_new):
         self.policy = policy
         self.latest = None
-        self.subscriptions = [node.create_subscription(Image, "~/embedding", self._store, 10)]
+        self.on_new = on_new
+        self.subscriptions = [node.create_subscription(Image, "~/embedding", self._on_embedding, NEWEST)]
 
-    def _store(self, msg) -> None:
+    def _on_embedding(self, msg) -> None:
         self.latest = msg
+        self.on_new()
 
     def warm_up(self) -> None:
         self.policy.predict_from_embedding(np.ones(self.policy.encoder.out_dim, np.float32))
@@ -80,20 +85,26 @@ class EmbeddingInput:
 
 
 class ObservationInput:
-    """Diffusion: the policy encodes the preprocessed camera image(s) and /joint_states itself."""
+    """Diffusion: the policy encodes the preprocessed camera image(s) and /joint_states itself; each frame
+    of the first camera calls `on_new`."""
 
-    def __init__(self, node, policy):
+    def __init__(self, node, policy, on_new):
         from class_ros.nodes.camera_node import output_topic
         from class_ros.nodes.embedding_node import observation_layout
         self.policy = policy
         self.cameras, self.proprio = observation_layout(policy)
         self.joints = JointStateBuffer(policy.joint_names)
         self.latest = {}
-        self.subscriptions = [
-            node.create_subscription(Image, output_topic(i), lambda m, c=cam: self.latest.__setitem__(c, m),
-                                     qos_profile_sensor_data) for i, cam in enumerate(self.cameras)]
+        self.on_new = on_new
+        self.subscriptions = [node.create_subscription(Image, output_topic(i), lambda m, c=cam: self._on_frame(c, m),
+                                                       NEWEST) for i, cam in enumerate(self.cameras)]
         self.subscriptions.append(node.create_subscription(JointState, node.p.joint_states_topic, self.joints.add,
                                                            qos_profile_sensor_data))
+
+    def _on_frame(self, camera: str, msg) -> None:
+        self.latest[camera] = msg
+        if camera == self.cameras[0]:  # the first camera's frame carries the stamp
+            self.on_new()
 
     def warm_up(self) -> None:
         h, w = self.policy.encoder.config.image_size
@@ -134,7 +145,6 @@ class PolicyParams:
     action_kind: str = param("joint_position", "action kind the robot side sends")
     action_names: tuple[str, ...] = param([""], "action names the robot side expects, in order")
     max_nearest_distance: float = param(2.0, "retrieval OOD gate: max 1 - cos to the nearest demo frame (2: off)")
-    poll_hz: float = param(200.0, "how often the timer looks for a new observation")
     replan_period: float = param(-1.0, "seconds between chunks: < 0 = (n_action_steps - 1) / the run's rate (each "
                                        "chunk runs open loop, as the method executes it), 0 = a chunk per new "
                                        "observation")
@@ -146,15 +156,14 @@ class PolicyParams:
         names = list(self.action_names)
         require(len(names) > 0 and all(names) and len(set(names)) == len(names),
                 f"action_names must be a list of distinct non-empty names, got {names}.")
-        require(self.poll_hz > 0, f"poll_hz must be positive, got {self.poll_hz}.")
 
 
 class PolicyNode(ReleasesOnCleanup, LifecycleNode):
-    """Runs the policy on a timer in its own callback group on the newest observation.
+    """Runs the policy on each new observation (at most one chunk per replan period).
 
-    Lifecycle (as ros2/demos lifecycle_py): configure loads the run and makes the inputs, the lifecycle
-    chunk publisher and the inference timer; activate enables the publisher; deactivate disables it (the
-    timer then skips inference); cleanup and shutdown destroy what configure made.
+    Lifecycle (as ros2/demos lifecycle_py): configure loads the run and makes the inputs and the lifecycle
+    chunk publisher; activate enables the publisher; deactivate disables it (observations are then not
+    inferred on either); cleanup and shutdown destroy what configure made.
     """
 
     def __init__(self, **kwargs):
@@ -164,15 +173,13 @@ class PolicyNode(ReleasesOnCleanup, LifecycleNode):
         self.policy = None
         self.inputs = None  # EmbeddingInput or ObservationInput, made on configure
         self.chunk_pub = None  # lifecycle publisher, made on configure
-        self.timer = None
         self.gated = ""  # why chunks are withheld, "" when they flow
         self.last_confidence = None
         self.rate = RateMeter()
-        self.guard = CallbackGuard(self.get_logger())  # a failing frame is skipped, never fatal
+        self.guard = CallbackGuard(self)  # a failing frame is skipped, never fatal
         self.skipped_non_finite = 0  # chunks the policy produced with NaN / inf, never sent
         self.done_stamp = None
         self.last_sent = -float("inf")  # node-clock time of the last chunk
-        self.group = MutuallyExclusiveCallbackGroup()
         # Diagnostics stay on in every state: they say "inactive" / "unconfigured" too.
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -194,7 +201,7 @@ class PolicyNode(ReleasesOnCleanup, LifecycleNode):
             policy = load_policy(self.p.run_dir, self.p.policy, self.p.device)
             check_run_matches(policy, self.p.action_kind, self.p.action_names)
             self.policy = policy
-            self.inputs = INPUTS[self.p.policy](self, policy)
+            self.inputs = INPUTS[self.p.policy](self, policy, self.guard.wrap("predict", self._on_observation))
             self.inputs.warm_up()
             policy.reset()
         except ClassRosError as err:
@@ -208,8 +215,6 @@ class PolicyNode(ReleasesOnCleanup, LifecycleNode):
         period = self.p.replan_period
         self.replan_period = (self.n_steps - 1) * self.dt if period < 0 else period
         self.chunk_pub = self.create_lifecycle_publisher(JointTrajectory, "~/action_chunk", 10)
-        self.timer = self.create_timer(1.0 / self.p.poll_hz, self.guard.wrap("predict", self._tick),
-                                       callback_group=self.group)
         self.get_logger().info(f"loaded {self.p.policy} run {self.p.run_dir}: {self.n_steps} steps per chunk "
                                f"at {self.policy.control_rate_hz} Hz, a new chunk every {self.replan_period:.2f} s")
         return TransitionCallbackReturn.SUCCESS
@@ -226,13 +231,13 @@ class PolicyNode(ReleasesOnCleanup, LifecycleNode):
         return super().on_deactivate(state)
 
     def _release(self) -> None:
-        """Destroy what on_configure made: timer, chunk publisher, input subscriptions, the loaded run."""
-        release(self, self.timer, self.chunk_pub, self.inputs.subscriptions if self.inputs else ())
-        self.timer, self.chunk_pub, self.inputs = None, None, None
+        """Destroy what on_configure made: chunk publisher, input subscriptions, the loaded run."""
+        release(self, self.chunk_pub, self.inputs.subscriptions if self.inputs else ())
+        self.chunk_pub, self.inputs = None, None
         self.policy = None
 
     # --- the work -----------------------------------------------------------------------------------------
-    def _tick(self) -> None:
+    def _on_observation(self) -> None:
         if not self.active:
             return  # inactive: no inference either
         if now_sec(self) - self.last_sent < self.replan_period:
