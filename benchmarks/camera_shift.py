@@ -106,7 +106,7 @@ PRESETS = {
                     "pre-training 50 epochs, Diffusion Policies 2000 steps each, 50 evaluation episodes per cell"},
     # The gpu preset's shape at smoke size, for a CPU rehearsal (and test_camera_shift_parts): two parts and
     # the carry between them; the numbers say nothing about the method.
-    "rehearsal": {"sim_demos": {"episodes": 2}, "evaluate": {"episodes": 2},
+    "rehearsal": {"sim_demos": {"episodes": 2}, "evaluate": {"episodes": 1},
                   "pretrain": {"overrides": {"steps": 4, "batch_size": 16, "warmup_steps": 1,
                                              "encoder": {"small_width": 8}}},
                   "finetune": {"overrides": {"steps": 4, "batch_size": 16, "warmup_steps": 1,
@@ -116,7 +116,7 @@ PRESETS = {
                                                                     "n_groups": 4, "step_embed_dim": 16}}},
                                "concurrent": True},
                   "tasks": ["lift"], "parts": True,
-                  "note": "REHEARSAL RUN: the gpu preset's two parts at smoke size (2 episodes per cell); the "
+                  "note": "REHEARSAL RUN: the gpu preset's two parts at smoke size (1 episode per cell); the "
                           "numbers say nothing about the method"},
 }
 # Stages of each part of a two-part preset (the rest of part 1's outputs reach part 2 through the carry).
