@@ -98,6 +98,7 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
     machine's load would have put the run by then. With 2 workers the episodes block in them, and the
     interrupted parent must stop them itself.
     """
+    import contextlib
     import os
     import signal
     import subprocess
@@ -130,7 +131,15 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
     children = psutil.Process(proc.pid).children(recursive=True)
     assert len(children) >= 2  # the two workers (and multiprocessing's resource tracker)
     proc.send_signal(signal.SIGINT)  # to the parent alone: it must stop its workers itself
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        alive = [(c.pid, c.status(), " ".join(c.cmdline())[:80]) for c in children if c.is_running()]
+        for p in [proc, *children]:
+            with contextlib.suppress(Exception):
+                p.kill()
+        raise AssertionError(f"the interrupted run did not end; parent alive: {proc.poll() is None}, "
+                             f"children alive: {alive}") from None
     assert proc.returncode == 130, err.decode()[-500:]
     assert b"Traceback" not in err, err.decode()[-500:]
     gone, alive = psutil.wait_procs(children, timeout=10)

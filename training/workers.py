@@ -39,9 +39,29 @@ def resolve_workers(workers: int | None) -> int:
     return int(workers)
 
 
+def _exit_with_parent() -> None:
+    """A daemon thread that ends this worker when its parent process is gone, however it went (killed,
+    or a pool clean-up that missed a worker): a worker never outlives the run it belongs to."""
+    import multiprocessing
+    import os
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init(make_worker) -> None:
     global _STATE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and then kills this process
+    _exit_with_parent()
     try:
         _STATE = make_worker()
     except Exception as err:  # noqa: BLE001 - raised from the first item: a failing initializer loops forever
