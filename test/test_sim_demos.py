@@ -128,8 +128,11 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
     for line in proc.stdout:  # blocks until the run waits for the interrupt (or ends: then the asserts say so)
         if line.strip() == b"READY":
             break
-    children = psutil.Process(proc.pid).children(recursive=True)
-    assert len(children) >= 2  # the two workers (and multiprocessing's resource tracker)
+    children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    if len(children) < 2:  # the two workers (and multiprocessing's resource tracker)
+        proc.kill()
+        raise AssertionError(f"the run never waited for the interrupt: exit status {proc.wait()}, stderr "
+                             f"{proc.stderr.read().decode()[-1500:]}")
     proc.send_signal(signal.SIGINT)  # to the parent alone: it must stop its workers itself
     try:
         _, err = proc.communicate(timeout=120)
