@@ -96,7 +96,9 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
     The run waits for the interrupt instead of racing it: once two bags are in place, the next episode
     blocks on a pipe that is never written, says READY, and the SIGINT lands there - wherever the
     machine's load would have put the run by then. With 2 workers the episodes block in them, and the
-    interrupted parent must stop them itself.
+    interrupted parent must stop them itself. The child sets Python's own SIGINT handler first: started
+    from a background job (`cmd &` in a script, as some CI runners do) it would inherit SIGINT ignored,
+    and Python then never raises KeyboardInterrupt (that hung this test twice).
     """
     import contextlib
     import os
@@ -108,8 +110,9 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
 
     out = tmp_path / "bags"
     (tmp_path / "sim_demos_waiting_for_ctrl_c.py").write_text(
-        "import os, sys\n"
+        "import os, signal, sys\n"
         "from pathlib import Path\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds it\n"
         "from class_ros import cli\n"
         "from training import sim_demos\n"
         "record, (never_written, _) = sim_demos.record_episode, os.pipe()\n"
