@@ -16,8 +16,11 @@ setup:
 install:
 	@$(VENV)/bin/python scripts/install_prefix.py --prefix install
 
+# Two pytest-xdist workers, whole files each (a module's fixtures are built once); TEST_WORKERS=0 runs
+# the suite in this one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/python -m pytest test $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest test -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/class-ros demo $(DEMO_ARGS)

@@ -99,11 +99,26 @@ def test_graph_in_one_process_stops_quietly_on_two_ctrl_c(sim_layout_run, tmp_pa
 @pytest.mark.slow
 def test_graph_processes_stop_quietly_on_sigterm(sim_layout_run, tmp_path):
     """SIGTERM to the supervisor alone: it stops its node processes, each exits 0, none is left behind."""
+    from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
+
+    from ros_probe import Probe
+
     log = tmp_path / "graph.log"
+    probe = Probe({"chunk": (JointTrajectory, "/policy_node/action_chunk"),
+                   "cmd": (Float64MultiArray, "/forward_position_controller/commands")})
     proc = start([sys.executable, "-m", "class_ros.cli", "graph", "--sim", "--processes",
                   "--run-dir", str(sim_layout_run)], log)
-    wait_for(log, "class-ros graph: running", proc, timeout=180.0)
-    time.sleep(15.0)  # the node processes load their runs meanwhile; stop them while they spin
+    try:
+        wait_for(log, "class-ros graph: running", proc, timeout=180.0)
+        # Stop the node processes while they spin: a policy chunk has gone out (every node has loaded its
+        # run) and the arm is commanded.
+        assert probe.wait("chunk", 1, timeout=180.0) and probe.wait("cmd", 1, timeout=30.0), log.read_text()[-3000:]
+    except BaseException:
+        stop(proc, log, [signal.SIGKILL])
+        raise
+    finally:
+        probe.close()
     code, out = stop(proc, log, [signal.SIGTERM], to_group=False)
     assert code == 0 and "class-ros graph: stopped." in out, out[-3000:]
     assert "Traceback" not in out and "exited" not in out, out[-3000:]

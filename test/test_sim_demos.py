@@ -93,10 +93,12 @@ def test_refuses_a_folder_with_bags_and_writes_nothing(tmp_path):
 def test_interrupt_keeps_complete_bags_only(tmp_path):
     """A real Ctrl-C mid-run: the bags already moved into place read back, nothing partial is left.
 
-    The run waits for the interrupt instead of racing it: once two bags are in place, the next episode
-    blocks on a pipe that is never written, says READY, and the SIGINT lands there - wherever the
-    machine's load would have put the run by then. With 2 workers the episodes block in them, and the
-    interrupted parent must stop them itself. The child sets Python's own SIGINT handler first: started
+    The run waits for the interrupt instead of racing it: tries 0 and 1 run, and every later try waits
+    until their two bags are in place, says READY and blocks on a pipe that is never written, so the
+    SIGINT lands there - wherever the machine's load would have put the run by then. (Blocking only once
+    two bags were in place was not enough: bags are moved in try order, and when one early try was slow
+    the other worker finished every try before a bag was in place.) With 2 workers the tries block in
+    them, and the interrupted parent must stop them itself. The child sets Python's own SIGINT handler first: started
     from a background job (`cmd &` in a script, as some CI runners do) it would inherit SIGINT ignored,
     and Python then never raises KeyboardInterrupt (that hung this test twice).
     """
@@ -110,14 +112,15 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
 
     out = tmp_path / "bags"
     (tmp_path / "sim_demos_waiting_for_ctrl_c.py").write_text(
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
+        "import os, signal, sys, time\n"
         "signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds it\n"
         "from class_ros import cli\n"
         "from training import sim_demos\n"
         "record, (never_written, _) = sim_demos.record_episode, os.pipe()\n"
         "def record_episode(env, ep_seed, path, *args):\n"
-        "    if len(list(path.parent.parent.glob('episode_*'))) >= 2:\n"
+        "    if int(path.name.split('_')[1]) >= 2:  # path is .partial/try_NNNNN\n"
+        "        while len(list(path.parent.parent.glob('episode_*'))) < 2:\n"
+        "            time.sleep(0.05)  # a wait for tries 0 and 1, not a race: nothing else moves on\n"
         "        print('READY', flush=True)\n"
         "        os.read(never_written, 1)  # blocks until the SIGINT interrupts it\n"
         "    return record(env, ep_seed, path, *args)\n"
@@ -153,7 +156,7 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert ".partial" not in names and "sim_demos.json" not in names
     bags = [n for n in names if n.startswith("episode_")]
-    assert 2 <= len(bags) < 30  # tries begun before the second bag was in place still finish
+    assert bags == ["episode_0000", "episode_0001"]  # tries 0 and 1 (both succeed with these seeds)
     for name in bags:
         topics, msgs = read_bag(out / name)
         assert len(topics) == 4 and len(msgs["/camera/image_raw"]) > 10
