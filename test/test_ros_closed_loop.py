@@ -70,6 +70,21 @@ def trained_run(demos):
     return pretrain_run(demos, demos / "class_run", steps=TRAIN_STEPS)
 
 
+def wait_until(condition, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def holds(node, t: float) -> bool:
+    """Whether embedding_node's joint-state buffer holds a state stamped exactly t."""
+    found = node.joints.as_of(t) if hasattr(node, "joints") else None
+    return found is not None and found[1] == t
+
+
 def stamp(sec, nanosec=0):
     from builtin_interfaces.msg import Time
     return Time(sec=sec, nanosec=nanosec)
@@ -86,7 +101,8 @@ def test_embedding_node_pairs_the_image_with_the_joint_state_as_of_its_stamp(ran
     from class_ros.sim.robot import JOINT_NAMES
 
     specs = [s for s in topology.graph("retrieval") if s.name in ("camera_node", "embedding_node")]
-    with start_in_process(specs, extra={"run_dir": str(random_run)}):
+    with start_in_process(specs, extra={"run_dir": str(random_run)}) as graph:
+        node = graph.nodes["embedding_node"]
         probe = Probe({"emb": (Image, "/embedding_node/embedding")})
         try:
             cam = probe.publisher(Image, "/camera/image_raw", sensor=True)
@@ -104,6 +120,11 @@ def test_embedding_node_pairs_the_image_with_the_joint_state_as_of_its_stamp(ran
                     msg = JointState(name=list(JOINT_NAMES), position=[float(v) for v in q])
                     msg.header.stamp = t
                     js.publish(msg)
+                # The frame goes out once the node holds both states, so only "as of its stamp" decides which
+                # it pairs. (Sent at once, a busy machine could encode the frame before the later state
+                # arrived, with the previous frame's q_after as the newest state.)
+                if not wait_until(lambda: holds(node, t_img - 1) and holds(node, t_img + 1), timeout=1.0):
+                    continue  # a best-effort state was dropped: the next frame brings new stamps
                 img = Image(height=120, width=160, encoding="rgb8", step=480, data=raw.tobytes())
                 img.header.stamp = stamp(t_img)
                 cam.publish(img)
