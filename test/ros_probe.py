@@ -5,6 +5,16 @@ import threading
 import time
 
 
+def wait_until(condition, timeout: float) -> bool:
+    """True once `condition()` holds (polled every 20 ms), False after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 class Probe:
     """Subscribes to `topics` ({name: (msg_type, topic) or (msg_type, topic, qos)}) in its own context.
 
@@ -45,10 +55,7 @@ class Probe:
 
     def wait(self, name, count=1, timeout=30.0) -> bool:
         """True once `count` messages of `name` arrived, False after `timeout` seconds."""
-        end = time.monotonic() + timeout
-        while len(self.got[name]) < count and time.monotonic() < end:
-            time.sleep(0.02)
-        return len(self.got[name]) >= count
+        return wait_until(lambda: len(self.got[name]) >= count, timeout)
 
     def count_between(self, name, t0: float, t1: float) -> int:
         """Messages of `name` that arrived in [t0, t1) (time.monotonic())."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_probe import Probe
+from ros_probe import Probe, wait_until
 
 pytest.importorskip("training.sim_demos")
 pytest.importorskip("training.pretrain")
@@ -68,15 +68,6 @@ def random_run(demos):
 @pytest.fixture(scope="module")
 def trained_run(demos):
     return pretrain_run(demos, demos / "class_run", steps=TRAIN_STEPS)
-
-
-def wait_until(condition, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def holds(node, t: float) -> bool:

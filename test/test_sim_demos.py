@@ -98,9 +98,9 @@ def test_interrupt_keeps_complete_bags_only(tmp_path):
     SIGINT lands there - wherever the machine's load would have put the run by then. (Blocking only once
     two bags were in place was not enough: bags are moved in try order, and when one early try was slow
     the other worker finished every try before a bag was in place.) With 2 workers the tries block in
-    them, and the interrupted parent must stop them itself. The child sets Python's own SIGINT handler first: started
-    from a background job (`cmd &` in a script, as some CI runners do) it would inherit SIGINT ignored,
-    and Python then never raises KeyboardInterrupt (that hung this test twice).
+    them, and the interrupted parent must stop them itself. The child sets Python's own SIGINT handler
+    first: started from a background job (`cmd &` in a script, as some CI runners do) it would inherit
+    SIGINT ignored, and Python then never raises KeyboardInterrupt (that hung this test twice).
     """
     import contextlib
     import os
