@@ -1,6 +1,7 @@
 """Run directories: bitwise round trips, atomic writes, and refusal of damaged or mismatched runs."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -157,6 +158,29 @@ def test_edited_config_is_refused_by_its_checksum(tmp_path, store):
     path.write_text(path.read_text().replace("0.001", "0.002"))
     with pytest.raises(ClassRosError, match="config.yaml does not match its recorded checksum"):
         RunDir.open(run.path).load_config()
+
+
+def test_a_kill_while_weights_are_replaced_leaves_a_readable_version(tmp_path, store):
+    """The manifest names the new weights before they replace the old: a kill on either side of the rename
+    leaves a file the manifest accepts (a SIGKILLed pretrain once left "does not match its checksum")."""
+    run = make_run(tmp_path, store)
+    run.save_weights("encoder", {"ema": {"w": torch.zeros(3)}})
+    old_bytes = (run.path / "encoder.safetensors").read_bytes()
+    run.save_weights("encoder", {"ema": {"w": torch.ones(3)}})
+    new_bytes = (run.path / "encoder.safetensors").read_bytes()
+    record = json.loads((run.path / "manifest.json").read_text())["files"]["encoder.safetensors"]
+    assert "next" not in record  # a finished save leaves one plain record
+    # What a kill between the pending manifest and its final form leaves, the rename done or not yet:
+    pending = json.loads((run.path / "manifest.json").read_text())
+    pending["files"]["encoder.safetensors"] = {"bytes": len(old_bytes), "sha256": hashlib.sha256(old_bytes).hexdigest(),
+                                               "next": record}
+    (run.path / "manifest.json").write_text(json.dumps(pending))
+    for on_disk, value in ((old_bytes, 0.0), (new_bytes, 1.0)):
+        (run.path / "encoder.safetensors").write_bytes(on_disk)
+        assert RunDir.open(run.path).load_weights("encoder")["ema"]["w"].tolist() == [value] * 3
+    (run.path / "encoder.safetensors").write_bytes(new_bytes[:-1] + b" ")  # neither version: still refused
+    with pytest.raises(ClassRosError, match="does not match its recorded checksum"):
+        RunDir.open(run.path).load_weights("encoder")
 
 
 def test_a_kill_between_train_state_and_manifest_keeps_the_committed_state(tmp_path, store):

@@ -17,7 +17,9 @@ A run is written in place (it must survive a kill and be resumed), so completene
 `check_finished` refuses an unfinished run (index, evaluate, finetune --init) unless partial use is asked for.
 Each file is written atomically through class_ros.data.outputs and then recorded in the manifest; a checkpoint
 writes its train state under a new name first, then the manifest (the commit), then the weights, so a kill at any
-point leaves a train state whose step and tensors belong together. Nothing is pickled.
+point leaves a train state whose step and tensors belong together. Weights replaced in place are named in the
+manifest as its `next` version before the rename, so a kill on either side of it leaves a file it accepts.
+Nothing is pickled.
 
 Usage (an encoder run; a diffusion run uses kind="diffusion" and its own weights name):
     run = RunDir.create("runs/class", "encoder", config=cfg, store=store)
@@ -275,8 +277,16 @@ class RunDir:
 
         flat = {f"{g}/{k}": v.detach().cpu().clone() for g, sd in groups.items() for k, v in sd.items()}
         path = self.path / f"{name}.safetensors"
-        outputs.write_bytes(path, save(flat, metadata={k: str(v) for k, v in (metadata or {}).items()}))
-        self.record_file(path)
+        data = save(flat, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        record = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        files = self.meta.setdefault("files", {})
+        rel = path.relative_to(self.path).as_posix()
+        if rel in files:  # replacing: the manifest names the new version first, so a kill between the file's
+            files[rel] = {**files[rel], "next": record}  # rename and the manifest's leaves a readable one
+            self._write_meta()
+        outputs.write_bytes(path, data)
+        files[rel] = record
+        self._write_meta()
         return path
 
     def has_weights(self, name: str) -> bool:
@@ -312,13 +322,14 @@ class RunDir:
         if not path.is_file() or record is None:
             raise ClassRosError(f"{path} is missing from the run; train or resume the run to write it.")
         data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if any(len(data) == r["bytes"] and digest == r["sha256"] for r in (record, record.get("next", record))):
+            return data  # the recorded version, or the one a save was replacing it with
         if len(data) != record["bytes"]:
             raise ClassRosError(f"{path} is truncated ({len(data)} of {record['bytes']} bytes); the run is damaged, "
                                 "retrain or restore it.")
-        if hashlib.sha256(data).hexdigest() != record["sha256"]:
-            raise ClassRosError(f"{path} does not match its recorded checksum; the run is damaged, retrain or "
-                                "restore it.")
-        return data
+        raise ClassRosError(f"{path} does not match its recorded checksum; the run is damaged, retrain or "
+                            "restore it.")
 
     # ---------------------------------------------------------------- train state (for --resume)
     def save_train_state(self, step: int, **states) -> None:
