@@ -49,6 +49,27 @@ def test_weights_round_trip_is_bitwise(tmp_path, store):
     assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]  # no temp files left behind
 
 
+def test_channels_last_weights_and_optimizer_state_save_and_restore(tmp_path, store):
+    """Training keeps the convolutions channels-last (not contiguous, which safetensors refuses): weights and
+    train state are packed on the way out and load back equal into a channels-last model."""
+    run = make_run(tmp_path, store)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    opt = torch.optim.AdamW(conv.parameters(), lr=0.01)
+    conv(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)).sum().backward()
+    opt.step()
+    run.save_weights("encoder", {"ema": conv.state_dict()})
+    run.save_train_state(1, model=conv, optimizer=opt)
+    back = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    back.load_state_dict(run.load_weights("encoder")["ema"])
+    assert torch.equal(back.weight, conv.weight) and not back.weight.is_contiguous()
+    opt2 = torch.optim.AdamW(back.parameters(), lr=0.01)
+    assert RunDir.open(tmp_path / "run").load_train_state(model=back, optimizer=opt2) == 1
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert all(torch.equal(s1[i][k], s2[i][k]) for i in s1 for k in s1[i])
+
+
 def test_normalizers_and_train_state_round_trip(tmp_path, store):
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel

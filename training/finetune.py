@@ -189,8 +189,7 @@ def finetune(dataset, init, out, config=None, *, resume: bool = False, device: s
     if rank == 0 and not resume:
         policy.save_scheduler(run)
     policy.to(device)
-    if on_cuda:
-        policy.encoder.to(memory_format=torch.channels_last)  # the image convolutions prefer NHWC on GPUs
+    policy.encoder.use_channels_last()
     model = policy
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel

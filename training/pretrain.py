@@ -232,9 +232,8 @@ def pretrain(dataset, positives, out, config=None, *, resume: bool = False, init
                    extra={"world_size": world, "steps": steps}, lineage=positives_lineage(positives),
                    on_create=lambda run: run.save_normalizers(normalizers))
 
-    encoder.to(device)
+    encoder.to(device).use_channels_last()
     if on_cuda:
-        encoder.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     model = image_feature_module(encoder)
     if world > 1:

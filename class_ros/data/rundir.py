@@ -74,6 +74,13 @@ def _never_checkpointed(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ nested state
+def packed(t) -> Any:
+    """A CPU copy of tensor `t` in plain contiguous memory, as safetensors stores it (training keeps the image
+    convolutions' weights channels-last)."""
+    import torch
+    return t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+
+
 def split_tensors(obj: Any, prefix: str = "") -> tuple[Any, dict]:
     """Replace every torch tensor inside nested dicts/lists by a reference; returns (json-able tree, tensors)."""
     import torch
@@ -81,7 +88,7 @@ def split_tensors(obj: Any, prefix: str = "") -> tuple[Any, dict]:
 
     def walk(x, key):
         if isinstance(x, torch.Tensor):
-            tensors[key] = x.detach().cpu().clone()
+            tensors[key] = packed(x)
             return {_TENSOR_REF: key}
         if isinstance(x, dict):
             return {"__dict__": [[walk(k, f"{key}.k{i}"), walk(v, f"{key}.{i}")] for i, (k, v) in enumerate(x.items())]}
@@ -275,7 +282,7 @@ class RunDir:
         """Write `<name>.safetensors` holding each group's state dict under "<group>/<param>"; returns its path."""
         from safetensors.torch import save
 
-        flat = {f"{g}/{k}": v.detach().cpu().clone() for g, sd in groups.items() for k, v in sd.items()}
+        flat = {f"{g}/{k}": packed(v) for g, sd in groups.items() for k, v in sd.items()}
         path = self.path / f"{name}.safetensors"
         data = save(flat, metadata={k: str(v) for k, v in (metadata or {}).items()})
         record = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
