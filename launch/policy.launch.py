@@ -24,7 +24,8 @@ def nodes(context):
     policy = arg("policy")
     use_sim_time = arg("use_sim_time").lower() == "true"
     respawn = arg("respawn").lower() == "true"
-    specs = topology.graph(policy, sim=arg("sim").lower() == "true", robot_config=arg("robot_config"))
+    specs = topology.graph(policy, sim=arg("sim").lower() == "true", robot_config=arg("robot_config"),
+                           camera_topic=arg("camera_topic"))
     actions = []
     for spec in specs:
         files = [f if os.path.isabs(f) else os.path.join(share, f) for f in spec.params]
@@ -45,7 +46,8 @@ def generate_launch_description():
         DeclareLaunchArgument("sim", default_value="false", choices=["true", "false"],
                               description="also start the built-in MuJoCo sim node"),
         DeclareLaunchArgument("camera_topic", default_value=topology.DEFAULT_CAMERA_TOPIC,
-                              description="raw camera topic (sensor_msgs/Image)"),
+                              description="raw camera topic (sensor_msgs/Image); several joined by commas, in "
+                                          "the run's camera order (sim: /camera/image_raw,/wrist_camera/image_raw)"),
         DeclareLaunchArgument("robot_config", default_value=topology.DEFAULT_ROBOT,
                               description="robot limits YAML, relative to the package share or absolute"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],

@@ -19,7 +19,8 @@ def nodes(context):
     share = get_package_share_directory("class_ros")
     spec = next(s for s in topology.graph(sim=True) if s.name == "sim_node")
     params = {"task": arg("task"), "camera": arg("camera"), "seed": int(arg("seed")),
-              "publish_clock": arg("publish_clock").lower() == "true"}
+              "publish_clock": arg("publish_clock").lower() == "true",
+              "cameras": [c.strip() for c in arg("cameras").split(",") if c.strip()]}
     return [Node(package="class_ros", executable=spec.name, name=spec.name, output="screen",
                  parameters=[*(os.path.join(share, f) for f in spec.params), params])]
 
@@ -31,6 +32,9 @@ def generate_launch_description():
         DeclareLaunchArgument("camera", default_value="fixed", choices=["fixed", "random", "moving", "heldout"],
                               description="camera pose mode of the agentview camera"),
         DeclareLaunchArgument("seed", default_value="0", description="seed of the first episode"),
+        DeclareLaunchArgument("cameras", default_value="agentview",
+                              description="cameras to publish, joined by commas: agentview (/camera/image_raw) "
+                                          "and/or wrist (eye-in-hand, /wrist_camera/image_raw)"),
         DeclareLaunchArgument("publish_clock", default_value="false", choices=["true", "false"],
                               description="publish the sim time on /clock"),
         OpaqueFunction(function=nodes),

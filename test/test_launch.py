@@ -138,6 +138,23 @@ def test_remappings_connect_the_graph():
     assert "embedding_node" not in {s.name for s in topology.graph("diffusion")}
 
 
+def test_a_second_camera_is_wired_through_and_the_sim_renders_it():
+    topics = "/camera/image_raw, /wrist_camera/image_raw"
+    for policy, reader in (("retrieval", "embedding_node"), ("diffusion", "policy_node")):
+        specs = {s.name: s for s in topology.graph(policy, sim=True, camera_topic=topics)}
+        assert dict(specs[reader].remappings) == {"~/image": "/camera_node/image", "~/image_1": "/camera_node/image_1"}
+    assert topology.overrides("camera_node", camera_topic=topics)["input_topics"] == [
+        "/camera/image_raw", "/wrist_camera/image_raw"]
+    assert topology.overrides("sim_node", camera_topic=topics)["cameras"] == ["agentview", "wrist"]
+    assert topology.overrides("sim_node")["cameras"] == ["agentview"]
+    assert topology.sim_camera_topic(["agentview", "wrist"]) == "/camera/image_raw,/wrist_camera/image_raw"
+    from class_ros.errors import ClassRosError
+    with pytest.raises(ClassRosError, match="distinct topics"):
+        topology.camera_topics("/a,/a")
+    with pytest.raises(ClassRosError, match="not the sim's"):
+        topology.sim_camera_topic(["front"])
+
+
 def test_sim_robot_config_matches_the_sim():
     from class_ros.sim import robot
     p = yaml.safe_load((REPO / topology.DEFAULT_ROBOT).read_text())["arm_command_node"]["ros__parameters"]

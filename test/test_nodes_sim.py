@@ -182,3 +182,41 @@ def test_camera_node_reports_a_bad_encoding_once(sim_graph, caplog):
     time.sleep(0.3)
     assert set(cam.errors) == {("/camera/image_raw", "unsupported_encoding")}
     assert cam.errors[("/camera/image_raw", "unsupported_encoding")] > 1
+
+
+def test_sim_node_publishes_the_wrist_camera_and_camera_node_reads_both():
+    """A two-camera run's graph: sim_node renders agentview and the eye-in-hand wrist camera at one stamp,
+    camera_node republishes them as ~/image and ~/image_1 (the run's camera order)."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    topics = topology.sim_camera_topic(["agentview", "wrist"])
+    specs = [s for s in topology.graph("retrieval", sim=True, camera_topic=topics)
+             if s.name in ("sim_node", "camera_node")]
+    with start_in_process(specs, extra={"camera_topic": topics}):
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx)
+        node = rclpy.create_node("wrist_listener", context=ctx)
+        got = {k: [] for k in ("raw0", "raw1", "out0", "out1")}
+        for key, topic in (("raw0", "/camera/image_raw"), ("raw1", "/wrist_camera/image_raw"),
+                           ("out0", "/camera_node/image"), ("out1", "/camera_node/image_1")):
+            node.create_subscription(Image, topic, lambda m, k=key: got[k].append(m), qos_profile_sensor_data)
+        from rclpy.executors import SingleThreadedExecutor
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        try:
+            end = time.monotonic() + 60
+            while min(len(v) for v in got.values()) < 3 and time.monotonic() < end:
+                ex.spin_once(timeout_sec=0.1)
+            assert min(len(v) for v in got.values()) >= 3, {k: len(v) for k, v in got.items()}
+        finally:
+            ex.shutdown()
+            node.destroy_node()
+            ctx.try_shutdown()
+    stamp = lambda m: (m.header.stamp.sec, m.header.stamp.nanosec)  # noqa: E731
+    assert {stamp(m) for m in got["raw0"]} & {stamp(m) for m in got["raw1"]}  # one instant, both cameras
+    assert {m.header.frame_id for m in got["raw1"]} == {"wrist"}
+    assert {stamp(m) for m in got["out1"]} <= {stamp(m) for m in got["raw1"]}
+    agent, wrist = (np.frombuffer(bytes(got[k][-1].data), np.uint8).astype(int) for k in ("raw0", "raw1"))
+    assert wrist.std() > 5 and np.abs(agent - wrist).mean() > 10  # a real, different view

@@ -116,6 +116,28 @@ def test_camera_modes_give_different_images():
         assert np.abs(env.reset(4)["agentview"].astype(int) - images["fixed"]).mean() < 8.0
 
 
+def test_wrist_camera_sees_the_same_whatever_the_agentview_mode():
+    """The eye-in-hand view is fixed to the hand: one scene gives one wrist image under every camera mode,
+    while the agentview images differ; it shows the cube at the start pose."""
+    wrist, agent = {}, {}
+    for mode in ("fixed", "heldout", "moving"):
+        with ArmEnv("lift", camera=mode, cameras=("agentview", "wrist")) as env:
+            obs = env.reset(3)
+            wrist[mode], agent[mode] = obs["wrist"].astype(int), obs["agentview"].astype(int)
+    np.testing.assert_array_equal(wrist["fixed"], wrist["heldout"])
+    np.testing.assert_array_equal(wrist["fixed"], wrist["moving"])
+    assert np.abs(agent["fixed"] - agent["heldout"]).mean() > 8.0
+    # The cube has a vivid colour (a saturated channel far above the others); count its pixels in each view.
+    cube = lambda img: int(((img.max(-1) - img.min(-1)) > 150).sum())  # noqa: E731
+    # From the start pose the wrist camera is ~0.35 m from the cube (agentview ~0.85 m, with a 45 degree
+    # field of view against the wrist's 80): the cube covers more pixels, and ever more as the hand nears.
+    assert cube(wrist["fixed"]) > cube(agent["fixed"]) > 0
+    with ArmEnv("lift") as env:
+        assert set(env.reset(3)) == {"agentview", "joint_pos", "privileged_state"}  # agentview only by default
+    with pytest.raises(ClassRosError, match="distinct names"):
+        ArmEnv("lift", cameras=("agentview", "top"))
+
+
 def test_heldout_poses_never_overlap_random_poses():
     assert ranges_disjoint("random", "heldout")
     assert not ranges_disjoint("random", "moving")

@@ -79,6 +79,24 @@ def test_recorded_bag_reads_back_with_expected_topics_rates_and_stamps(tmp_path,
     assert first_img.std() > 10  # a real rendered scene, not a blank frame
 
 
+def test_the_wrist_camera_is_recorded_at_the_agentview_stamps(tmp_path):
+    summary = record_demos("lift", 1, "random", "mcap", tmp_path / "bags", seed=3, progress=False,
+                           cameras=("agentview", "wrist"))
+    assert summary["cameras"] == ["agentview", "wrist"] and "/wrist_camera/image_raw" in summary["topics"]
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+    ts = get_typestore(Stores.ROS2_KILTED)
+    frames = {"/camera/image_raw": [], "/wrist_camera/image_raw": []}
+    with Reader(tmp_path / "bags" / "episode_0000") as reader:
+        conns = [c for c in reader.connections if c.topic in frames]
+        for conn, stamp, raw in reader.messages(connections=conns):
+            frames[conn.topic].append((stamp, ts.deserialize_cdr(raw, conn.msgtype)))
+    agent, wrist = frames["/camera/image_raw"], frames["/wrist_camera/image_raw"]
+    assert [s for s, _ in agent] == [s for s, _ in wrist] and len(agent) > 30
+    assert {m.header.frame_id for _, m in wrist} == {"wrist"}
+    assert np.abs(agent[0][1].data.astype(int) - wrist[0][1].data.astype(int)).mean() > 10
+
+
 def test_refuses_a_folder_with_bags_and_writes_nothing(tmp_path):
     out = tmp_path / "bags"
     (out / "episode_0000").mkdir(parents=True)

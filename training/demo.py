@@ -123,7 +123,7 @@ def _sim_demos(d: Demo) -> dict:
     c = d.cfg["sim_demos"]
     return record_demos(task=d.cfg["task"], episodes=c["episodes"], camera=c["camera"], storage=c["storage"],
                         out=d.path("bags"), seed=d.cfg["seed"], image_size=c["image_size"],
-                        workers=d.cfg.get("workers", 1))
+                        workers=d.cfg.get("workers", 1), cameras=c.get("cameras", ["agentview"]))
 
 
 def _convert(d: Demo) -> dict:

@@ -152,6 +152,7 @@ def evaluate_policy(policy, task: str = "lift", camera: str = "fixed", episodes:
         task, camera = env.task, env.camera_mode
     check_task(task)
     check_mode(camera)
+    cameras = policy_cameras(policy)
     video_episodes = min(video_episodes, episodes) if video_path else 0
     seeds = [episode_seed(seed, i, EVAL_STREAM) for i in range(episodes)]
     bar = tqdm(total=episodes, desc=f"evaluate {task}/{camera}", unit="ep", disable=not progress)
@@ -160,11 +161,11 @@ def evaluate_policy(policy, task: str = "lift", camera: str = "fixed", episodes:
         if env is None and workers > 1 and episodes > 1 and batchable:
             if batch is None:
                 batch = str(getattr(policy, "device", "cpu")).startswith("cuda")
-            runs, control_rate = _episodes_in_pool(policy, task, camera, seeds, steps_per_chunk, image_size,
-                                                   video_episodes, min(workers, episodes), batch, bar)
+            runs, control_rate = _episodes_in_pool(policy, task, camera, cameras, seeds, steps_per_chunk,
+                                                   image_size, video_episodes, min(workers, episodes), batch, bar)
         else:
-            runs, control_rate = _episodes_in_env(policy, task, camera, seeds, steps_per_chunk, image_size,
-                                                  video_episodes, env, bar)
+            runs, control_rate = _episodes_in_env(policy, task, camera, cameras, seeds, steps_per_chunk,
+                                                  image_size, video_episodes, env, bar)
     finally:
         bar.close()
 
@@ -187,6 +188,18 @@ def evaluate_policy(policy, task: str = "lift", camera: str = "fixed", episodes:
     return result
 
 
+def policy_cameras(policy) -> tuple[str, ...]:
+    """The sim cameras `policy` looks through (its encoder's image keys); agentview for a state-only policy."""
+    encoder = getattr(policy, "encoder", None)
+    keys = tuple(encoder.config.image_keys) if encoder is not None else ()
+    from class_ros.sim.cameras import CAMERA_NAMES
+    unknown = [k for k in keys if k not in CAMERA_NAMES]
+    if unknown:
+        raise ClassRosError(f"the policy looks through cameras {unknown}, which the sim does not have "
+                            f"(it has {', '.join(CAMERA_NAMES)}); evaluate it on data of its own robot.")
+    return keys or ("agentview",)
+
+
 def _checked_chunk(chunk) -> np.ndarray:
     chunk = np.asarray(chunk, dtype=np.float64)
     if chunk.ndim != 2 or chunk.shape[1] != 7 or len(chunk) == 0:
@@ -195,14 +208,14 @@ def _checked_chunk(chunk) -> np.ndarray:
     return chunk
 
 
-def _episodes_in_env(policy, task, camera, seeds, steps_per_chunk, image_size, video_episodes, env, bar):
+def _episodes_in_env(policy, task, camera, cameras, seeds, steps_per_chunk, image_size, video_episodes, env, bar):
     """The episodes one after another in one env; per episode the Steps of its end (frames: the whole video)."""
     from class_ros.sim.env import ArmEnv
     from class_ros.sim.pool import reset_episode, run_chunk
 
     own_env = env is None
     if own_env:
-        env = ArmEnv(task, camera=camera, image_size=image_size)
+        env = ArmEnv(task, camera=camera, image_size=image_size, cameras=cameras)
     if not env.render_images:
         raise ClassRosError("evaluate_policy needs an ArmEnv that renders images (render_images=True).")
     runs = []
@@ -223,8 +236,8 @@ def _episodes_in_env(policy, task, camera, seeds, steps_per_chunk, image_size, v
             env.close()
 
 
-def _episodes_in_pool(policy, task, camera, seeds, steps_per_chunk, image_size, video_episodes, workers, batch,
-                      bar):
+def _episodes_in_pool(policy, task, camera, cameras, seeds, steps_per_chunk, image_size, video_episodes, workers,
+                      batch, bar):
     """The episodes spread over `workers` envs in worker processes. Whenever envs report a fresh observation,
     the policy answers them (one forward pass for all of them with `batch`, else one by one) and each chunk
     goes straight back, so the policy's work overlaps the other envs' simulation."""
@@ -240,7 +253,7 @@ def _episodes_in_pool(policy, task, camera, seeds, steps_per_chunk, image_size, 
             live[slot] = [i, [], policy.new_episode_state()]
             pool.send(slot, "reset", seeds[i], keep_frames=i < video_episodes)
 
-    with EnvPool(workers, task, camera, image_size) as pool, _one_torch_thread(not batch):
+    with EnvPool(workers, task, camera, image_size, cameras) as pool, _one_torch_thread(not batch):
         for slot in range(workers):
             start(pool, slot)
         while live:

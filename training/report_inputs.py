@@ -25,7 +25,8 @@ def gather_inputs(demo_dir: str | os.PathLike, cfg: dict, stages: list[dict] | N
     demo = Path(demo_dir)
     inputs = ReportInputs(title=f"class_ros demo: `{cfg['task']}` with camera shift", stages=list(stages or []),
                           config={"task": cfg["task"], "demonstrations": cfg["sim_demos"]["episodes"],
-                                  "training cameras": cfg["sim_demos"]["camera"], "seed": cfg["seed"],
+                                  "cameras": ", ".join(cfg["sim_demos"].get("cameras", ["agentview"])),
+                                  "agentview poses": cfg["sim_demos"]["camera"], "seed": cfg["seed"],
                                   "DTW horizon": cfg["dtw"]["horizon"], "quantile": cfg["dtw"]["quantile"]})
     rng = np.random.default_rng(cfg["seed"])
     sections = (("dtw", _gather_dtw), ("positives", _gather_positives), ("embeddings", _gather_embeddings),
@@ -145,16 +146,6 @@ def _encoders(demo: Path, seed: int):
     return before, after
 
 
-def _image_features(encoder, images: np.ndarray, camera: str, batch: int = 64) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, E_img) image features (centre crop, no augmentation)."""
-    import torch
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            out.append(encoder.image_features({camera: torch.from_numpy(images[i:i + batch])}, train=False).numpy())
-    return np.concatenate(out)
-
-
 def _gather_diagnostics(demo, cfg, inputs, rng) -> None:
     from class_ros.data.rundir import RunDir
     run = RunDir.open(_need(demo / "class_run", "pretrain"), kind="encoder")
@@ -167,24 +158,22 @@ def _gather_embeddings(demo, cfg, inputs, rng) -> None:
     store = _store(demo)
     before, after = _encoders(demo, cfg["seed"])
     idx = np.unique(np.linspace(0, store.n_frames - 1, min(store.n_frames, cfg["report"]["embed_frames"])).astype(int))
-    key = _camera_key(store)
-    camera = key.removeprefix(OBS_PREFIX)
-    images = store.read(key, idx)
+    from training.diagnostics import image_embeddings
     # Image features only: they are what the contrastive loss shapes (proprio would give the phase away).
-    inputs.emb_before = _image_features(before, images, camera)
-    inputs.emb_after = _image_features(after, images, camera)
+    inputs.emb_before = image_embeddings(before, store, idx)
+    inputs.emb_after = image_embeddings(after, store, idx)
     actions = np.asarray(store.array(ACTION)[: store.n_frames])
     inputs.phase = task_phases(actions, store.episode_ends)[idx]
     inputs.phase_names = PHASE_NAMES
     inputs.camera = np.searchsorted(store.episode_ends, idx, side="right")
 
 
-def heldout_frames(task: str, n: int, seed: int, image_size) -> list[dict]:
+def heldout_frames(task: str, n: int, seed: int, image_size, cameras=("agentview",)) -> list[dict]:
     """`n` observations from `heldout` cameras (a new pose per frame), spread over scripted-expert episodes."""
     from class_ros.sim.env import ArmEnv
     from class_ros.sim.expert import make_expert
     frames = []
-    with ArmEnv(task, camera="heldout", image_size=tuple(image_size)) as env:
+    with ArmEnv(task, camera="heldout", image_size=tuple(image_size), cameras=cameras) as env:
         for q in range(n):
             obs, done = env.reset(seed + q), False
             expert = make_expert(task, np.random.default_rng(seed + q))
@@ -203,8 +192,9 @@ def _gather_neighbours(demo, cfg, inputs, rng) -> None:
     policy = load_policy(_need(demo / "class_run", "pretrain"), kind="retrieval")
     key = _camera_key(store)
     camera = key.removeprefix(OBS_PREFIX)
+    from training.evaluate import policy_cameras
     queries = heldout_frames(cfg["task"], cfg["report"]["queries"], cfg["seed"] + 777,
-                             store.meta.keys[key].shape[:2])
+                             store.meta.keys[key].shape[:2], policy_cameras(policy))
     k = cfg["report"]["neighbours"]
     feats = normalize_rows(np.stack([policy.embed(obs) for obs in queries]).astype(np.float32))
     sims, ids = policy.index.search(feats, k)  # the policy's own index: what it would retrieve

@@ -2,11 +2,13 @@
 
 Usage:
     class-ros sim-demos --task lift --episodes 50 --camera random --storage mcap --out bags/ [--seed 0]
+        [--cameras agentview wrist]
 
 Each kept episode becomes one bag, `OUT/episode_0000`, ..., holding what `ros2 bag record` on the
 sim graph would have recorded, stamped from simulation time (starting at `EPOCH_NS`, one hour apart
 per episode):
     /camera/image_raw                      sensor_msgs/Image rgb8, frame_id `agentview`, 30 Hz
+    /wrist_camera/image_raw                the same, frame_id `wrist`, with `--cameras agentview wrist`
     /joint_states                          sensor_msgs/JointState (JOINT_NAMES; position, velocity,
                                            effort), 100 Hz
     /forward_position_controller/commands  std_msgs/Float64MultiArray, 6 arm targets (rad), 10 Hz
@@ -29,10 +31,10 @@ from class_ros.errors import ClassRosError
 from training.workers import add_workers_argument, ordered_results, resolve_workers
 
 IMAGE_TOPIC = "/camera/image_raw"
+IMAGE_TOPICS = {"agentview": IMAGE_TOPIC, "wrist": "/wrist_camera/image_raw"}  # camera -> topic (frame_id: camera)
 JOINT_STATES_TOPIC = "/joint_states"
 ARM_COMMAND_TOPIC = "/forward_position_controller/commands"
 GRIPPER_COMMAND_TOPIC = "/gripper_controller/commands"
-CAMERA_FRAME = "agentview"
 CAMERA_RATE_HZ = 30.0
 JOINT_STATE_RATE_HZ = 100.0
 EPOCH_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z: bags carry realistic wall-clock stamps
@@ -51,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed of the episodes (default 0)")
     parser.add_argument("--image-size", type=int, nargs="+", default=[96], metavar="PX",
                         help="image height [width] in pixels (default 96)")
+    parser.add_argument("--cameras", nargs="+", default=["agentview"], metavar="CAM",
+                        help="cameras to record: agentview and/or wrist (eye-in-hand) (default agentview)")
     parser.add_argument("--keep-failed", action="store_true", help="also keep episodes the expert failed")
     add_workers_argument(parser)
 
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     size = args.image_size * 2 if len(args.image_size) == 1 else args.image_size
     summary = record_demos(args.task, args.episodes, args.camera, args.storage, args.out, seed=args.seed,
                            image_size=tuple(size[:2]), keep_failed=args.keep_failed,
-                           workers=resolve_workers(args.workers))
+                           workers=resolve_workers(args.workers), cameras=tuple(args.cameras))
     print(f"sim-demos: {summary['episodes_kept']} {args.task} episodes written to {summary['out']} "
           f"(expert success {summary['expert_successes']}/{summary['episodes_tried']} = "
           f"{summary['expert_success_rate']:.0%}; summary in {summary['summary_path']})")
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed: int = 0,
                  image_size=(96, 96), keep_failed: bool = False, max_attempts: int | None = None,
-                 progress: bool = True, workers: int = 1) -> dict:
+                 progress: bool = True, workers: int = 1, cameras=("agentview",)) -> dict:
     """Record `episodes` expert episodes as rosbag2 folders under `out`; returns a summary dict.
 
     Tries run in order of their index (seed and start time follow from it) over `workers` processes, each
@@ -77,12 +81,13 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
     """
     from tqdm import tqdm
 
-    from class_ros.sim.cameras import check_mode
+    from class_ros.sim.cameras import check_cameras, check_mode
     from class_ros.sim.env import episode_seed
     from class_ros.sim.tasks import check_task
 
     check_task(task)
     check_mode(camera)
+    cameras = check_cameras(cameras)
     if storage not in STORAGES:
         raise ClassRosError(f"unknown bag storage {storage!r}; use mcap or sqlite3.")
     if episodes < 1:
@@ -100,7 +105,7 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     max_attempts = max_attempts or 2 * episodes + 10
-    recorder = functools.partial(_Recorder, task, camera, size, storage, seed, partial)
+    recorder = functools.partial(_Recorder, task, camera, size, storage, seed, partial, cameras)
 
     kept, tried, successes, seeds, lengths = [], 0, 0, [], []
     bar = tqdm(total=episodes, desc=f"sim-demos {task}", unit="ep", disable=not progress)
@@ -129,11 +134,11 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
 
     summary = {
         "task": task, "camera": camera, "storage": storage, "out": str(out), "seed": seed,
-        "image_size": list(size), "episodes_requested": episodes, "episodes_kept": len(kept),
+        "image_size": list(size), "cameras": list(cameras), "episodes_requested": episodes, "episodes_kept": len(kept),
         "episodes_tried": tried, "expert_successes": successes,
         "expert_success_rate": successes / tried if tried else 0.0, "keep_failed": keep_failed,
         "bags": kept, "episode_seeds": seeds, "episode_control_steps": lengths,
-        "topics": [IMAGE_TOPIC, JOINT_STATES_TOPIC, ARM_COMMAND_TOPIC, GRIPPER_COMMAND_TOPIC],
+        "topics": [IMAGE_TOPICS[c] for c in cameras] + [JOINT_STATES_TOPIC, ARM_COMMAND_TOPIC, GRIPPER_COMMAND_TOPIC],
     }
     summary_path = out / "sim_demos.json"
     outputs.write_json(summary_path, summary, indent=2)
@@ -150,10 +155,10 @@ def _try_name(index: int) -> str:
 class _Recorder:
     """One process's env; called with a try index, records that try's bag under `partial`."""
 
-    def __init__(self, task, camera, size, storage, seed, partial):
+    def __init__(self, task, camera, size, storage, seed, partial, cameras):
         from class_ros.sim.env import ArmEnv
 
-        self.env = ArmEnv(task, camera=camera, image_size=size, render_images=False)
+        self.env = ArmEnv(task, camera=camera, image_size=size, render_images=False, cameras=cameras)
         self.storage, self.seed, self.partial = storage, seed, partial
 
     def __call__(self, index: int) -> tuple[int, bool, int]:
@@ -195,9 +200,9 @@ def _typestore():
 
 
 class _BagTopics:
-    """A rosbag2 writer with the four sim topics and the message constructors they need."""
+    """A rosbag2 writer with the sim topics (an image topic per camera) and the message constructors they need."""
 
-    def __init__(self, path: Path, storage: str):
+    def __init__(self, path: Path, storage: str, cameras=("agentview",)):
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         self.ts = _typestore()
@@ -205,7 +210,7 @@ class _BagTopics:
         self.writer = Writer(path, version=9, storage_plugin=plugin)
         self.writer.open()
         add = lambda topic, msgtype: self.writer.add_connection(topic, msgtype, typestore=self.ts)  # noqa: E731
-        self.image = add(IMAGE_TOPIC, "sensor_msgs/msg/Image")
+        self.images = {cam: add(IMAGE_TOPICS[cam], "sensor_msgs/msg/Image") for cam in cameras}
         self.joints = add(JOINT_STATES_TOPIC, "sensor_msgs/msg/JointState")
         self.arm = add(ARM_COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray")
         self.gripper = add(GRIPPER_COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray")
@@ -220,11 +225,11 @@ class _BagTopics:
     def _header(self, stamp_ns: int, frame_id: str):
         return self._Header(stamp=self._Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame_id)
 
-    def write_image(self, stamp_ns: int, img: np.ndarray) -> None:
+    def write_image(self, stamp_ns: int, img: np.ndarray, camera: str = "agentview") -> None:
         h, w, _ = img.shape
-        msg = self._Image(header=self._header(stamp_ns, CAMERA_FRAME), height=h, width=w, encoding="rgb8",
+        msg = self._Image(header=self._header(stamp_ns, camera), height=h, width=w, encoding="rgb8",
                           is_bigendian=0, step=w * 3, data=np.ascontiguousarray(img).reshape(-1))
-        self._write(self.image, stamp_ns, msg)
+        self._write(self.images[camera], stamp_ns, msg)
 
     def write_joint_state(self, stamp_ns: int, names: list[str], pos, vel, effort) -> None:
         msg = self._JointState(header=self._header(stamp_ns, ""), name=names,
@@ -255,12 +260,13 @@ def record_episode(env, ep_seed: int, path: Path, storage: str, start_ns: int) -
     camera_period = 1.0 / (CAMERA_RATE_HZ * dt)  # not whole: frames land on the next physics step
     stamp = lambda step: start_ns + int(round(step * dt * 1e9))  # noqa: E731
     names = list(JOINT_NAMES)
-    bag = _BagTopics(path, storage)
+    bag = _BagTopics(path, storage, env.cameras)
     try:
         step, frame, pending = 0, 0, None
         while True:
             if step == int(np.ceil(frame * camera_period - 1e-9)):
-                bag.write_image(stamp(step), env.render())
+                for cam in env.cameras:
+                    bag.write_image(stamp(step), env.render(cam), cam)
                 frame += 1
             if step % per_joint_state == 0:
                 effort = np.append(env.data.actuator_force[:6], env.data.actuator_force[6])

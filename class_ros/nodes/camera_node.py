@@ -22,12 +22,11 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from class_ros.errors import ClassRosError
 from class_ros.data.images import UnsupportedEncoding
+from class_ros.nodes import topology
 from class_ros.nodes.common import NEWEST, RateMeter, declare_params, key_values, param, require, run_node
 
 
-def output_topic(i: int) -> str:
-    """The output topic of camera i."""
-    return "~/image" if i == 0 else f"~/image_{i}"
+output_topic = topology.image_topic  # the output topic of camera i
 
 
 @dataclass(frozen=True)

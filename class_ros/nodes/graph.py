@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default="", help="the trained run (overrides run_dir in --params)")
     parser.add_argument("--policy", choices=POLICY_KINDS, default="retrieval")
     parser.add_argument("--robot-config", default=topology.DEFAULT_ROBOT, help="robot limits (config/robots/*.yaml)")
-    parser.add_argument("--camera-topic", default=topology.DEFAULT_CAMERA_TOPIC, help="raw camera topic")
+    parser.add_argument("--camera-topic", default=topology.DEFAULT_CAMERA_TOPIC,
+                        help="raw camera topic; several joined by commas, in the run's camera order")
     parser.add_argument("--sim", action="store_true", help="also start the MuJoCo sim node (config/sim.yaml)")
     parser.add_argument("--processes", action="store_true", help="one process per node instead of one in total")
     parser.add_argument("--use-sim-time", action="store_true", help="nodes follow /clock")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     _check_env()
     if args.respawn and not args.processes:
         raise ClassRosError("--respawn restarts node processes; add --processes.")
-    specs = topology.graph(args.policy, args.sim, args.robot_config)
+    specs = topology.graph(args.policy, args.sim, args.robot_config, args.camera_topic)
     extra = dict(run_dir=args.run_dir, policy=args.policy, camera_topic=args.camera_topic,
                  use_sim_time=args.use_sim_time)
     return run_graph(specs, args.params, extra, args.processes, args.duration, args.respawn)

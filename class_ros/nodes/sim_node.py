@@ -3,8 +3,9 @@
 Usage:
     sim_node --ros-args --params-file config/sim.yaml -p task:=lift -p camera:=random
 
-Publishes /joint_states (100 Hz), /camera/image_raw (rgb8, 30 Hz), ~/success (std_msgs/Bool, latched
-for the episode) and optionally /clock; takes /forward_position_controller/commands (6 arm joint
+Publishes /joint_states (100 Hz), /camera/image_raw (rgb8, 30 Hz; with `cameras: [agentview, wrist]`
+also the eye-in-hand /wrist_camera/image_raw, same stamps), ~/success (std_msgs/Bool, latched for the
+episode) and optionally /clock; takes /forward_position_controller/commands (6 arm joint
 targets), /gripper_controller/commands (1 value, 0 open .. 1 closed) and
 /joint_trajectory_controller/joint_trajectory. `~/reset` (std_srvs/Trigger) starts a new episode from
 the `seed` parameter. Physics advances in real time, one joint-state period per tick.
@@ -50,13 +51,17 @@ class SimParams:
     joint_state_rate_hz: float = param(100.0, "physics tick and /joint_states rate")
     camera_rate_hz: float = param(30.0, "/camera/image_raw rate")
     publish_clock: bool = param(False, "publish the sim time on /clock")
-    frame_id: str = param("agentview", "camera frame_id")
+    frame_id: str = param("agentview", "agentview camera frame_id (the wrist camera's is `wrist`)")
+    cameras: tuple[str, ...] = param(["agentview"], "cameras to publish: agentview (/camera/image_raw) and/or "
+                                                    "wrist (/wrist_camera/image_raw, eye-in-hand)")
 
     def __post_init__(self):
         require(self.joint_state_rate_hz > 0 and self.camera_rate_hz > 0,
                 f"joint_state_rate_hz and camera_rate_hz must be positive, got {self.joint_state_rate_hz} and "
                 f"{self.camera_rate_hz}.")
         require(len(self.image_size) == 2, f"image_size must be [height, width], got {list(self.image_size)}.")
+        from class_ros.sim.cameras import check_cameras
+        check_cameras(self.cameras)
 
 
 class SimNode(Node):
@@ -83,7 +88,9 @@ class SimNode(Node):
         self._error: BaseException | None = None
 
         self.js_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
-        self.img_pub = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+        from class_ros.nodes.topology import SIM_CAMERA_TOPICS
+        self.img_pubs = {cam: self.create_publisher(Image, SIM_CAMERA_TOPICS[cam], qos_profile_sensor_data)
+                         for cam in p.cameras}
         self.success_pub = self.create_publisher(Bool, "~/success", LATCHED)
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if p.publish_clock else None
         self.create_subscription(Float64MultiArray, "/forward_position_controller/commands", self._on_arm, 10)
@@ -96,7 +103,7 @@ class SimNode(Node):
         if not self._ready.wait(timeout=60.0) or self._error is not None:
             self._stop.set()
             raise ClassRosError(f"the MuJoCo sim failed to start: {self._error}")
-        self.get_logger().info(f"sim '{p.task}' with a {p.camera} camera, seed {p.seed}")
+        self.get_logger().info(f"sim '{p.task}' with a {p.camera} camera, seed {p.seed}, publishing {list(p.cameras)}")
 
     # --- commands ---------------------------------------------------------------------------------
     def _set(self, index: slice, values) -> None:
@@ -146,7 +153,7 @@ class SimNode(Node):
         from class_ros.sim.env import ArmEnv
         try:
             self.env = ArmEnv(task=self.p.task, camera=self.p.camera, image_size=tuple(self.p.image_size),
-                              seed=self.seed)
+                              seed=self.seed, cameras=self.p.cameras)
             self._start_episode(self.seed)
             self.env.render()  # create the renderer (and its GL context) in this thread
         except BaseException as err:  # noqa: BLE001 - reported by the constructor
@@ -225,12 +232,13 @@ class SimNode(Node):
 
     def _camera(self) -> None:
         stamp = self.get_clock().now().to_msg()  # the exposure time: before rendering
-        img = self.env.render()
-        h, w, _ = img.shape
-        msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3, data=img.tobytes())
-        msg.header.stamp = stamp
-        msg.header.frame_id = self.p.frame_id
-        self.img_pub.publish(msg)
+        for cam, pub in self.img_pubs.items():  # every camera's frame of this instant carries the same stamp
+            img = self.env.render(cam)
+            h, w, _ = img.shape
+            msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3, data=img.tobytes())
+            msg.header.stamp = stamp
+            msg.header.frame_id = self.p.frame_id if cam == "agentview" else cam
+            pub.publish(msg)
 
     def _publish_success(self) -> None:
         self.success_pub.publish(Bool(data=bool(self.success)))

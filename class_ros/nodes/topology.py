@@ -17,6 +17,8 @@ POLICY_PARAMS = "config/policy.yaml"
 SIM_PARAMS = "config/sim.yaml"
 DEFAULT_ROBOT = "config/robots/sim_arm.yaml"
 DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
+# The built-in sim's cameras and the raw topics sim_node publishes them on (class_ros.sim.cameras.CAMERA_NAMES).
+SIM_CAMERA_TOPICS = {"agentview": "/camera/image_raw", "wrist": "/wrist_camera/image_raw"}
 
 
 @dataclass(frozen=True)
@@ -28,16 +30,41 @@ class NodeSpec:
     remappings: tuple[tuple[str, str], ...] = ()
 
 
-def graph(policy: str = "retrieval", sim: bool = False, robot_config: str = DEFAULT_ROBOT) -> list[NodeSpec]:
+def image_topic(i: int) -> str:
+    """camera_node's output topic of camera i (and the input topic of the node that reads it)."""
+    return "~/image" if i == 0 else f"~/image_{i}"
+
+
+def camera_topics(camera_topic: str) -> list[str]:
+    """The raw camera topics of a `camera_topic` argument: one topic, or several joined by commas, in the
+    order of the run's cameras (e.g. `/camera/image_raw,/wrist_camera/image_raw`)."""
+    topics = [t.strip() for t in str(camera_topic).split(",") if t.strip()]
+    if not topics or len(set(topics)) != len(topics):
+        raise ClassRosError(f"camera_topic {camera_topic!r} must name one or more distinct topics, joined by commas.")
+    return topics
+
+
+def sim_camera_topic(image_keys) -> str:
+    """The `camera_topic` argument for a run trained on the built-in sim's cameras `image_keys`."""
+    unknown = [k for k in image_keys if k not in SIM_CAMERA_TOPICS]
+    if unknown:
+        raise ClassRosError(f"the run's cameras {unknown} are not the sim's ({', '.join(SIM_CAMERA_TOPICS)}).")
+    return ",".join(SIM_CAMERA_TOPICS[k] for k in image_keys) or DEFAULT_CAMERA_TOPIC
+
+
+def graph(policy: str = "retrieval", sim: bool = False, robot_config: str = DEFAULT_ROBOT,
+          camera_topic: str = DEFAULT_CAMERA_TOPIC) -> list[NodeSpec]:
     """The nodes to start: camera -> (embedding ->) policy -> arm command, plus the sim node with sim=True."""
     if policy not in POLICY_KINDS:
         raise ClassRosError(f"policy must be {' or '.join(POLICY_KINDS)}, got {policy!r}.")
     nodes = [NodeSpec("camera_node", (POLICY_PARAMS,))]
+    # The reader of camera_node's i-th output, camera i of the run, hears it under the same relative name.
+    images = tuple((image_topic(i), "/camera_node/" + image_topic(i)[2:]) for i in range(len(camera_topics(camera_topic))))
     if policy == "retrieval":
-        nodes.append(NodeSpec("embedding_node", (POLICY_PARAMS,), (("~/image", "/camera_node/image"),)))
+        nodes.append(NodeSpec("embedding_node", (POLICY_PARAMS,), images))
         policy_in = (("~/embedding", "/embedding_node/embedding"),)
     else:
-        policy_in = (("~/image", "/camera_node/image"),)
+        policy_in = images
     nodes.append(NodeSpec("policy_node", (POLICY_PARAMS,), policy_in))
     nodes.append(NodeSpec("arm_command_node", (POLICY_PARAMS, robot_config),
                           (("~/action_chunk", "/policy_node/action_chunk"),)))
@@ -50,12 +77,15 @@ def overrides(name: str, run_dir: str = "", policy: str = "retrieval", camera_to
               use_sim_time: bool = False) -> dict:
     """Parameter overrides from the launch arguments for node `name` (applied after its YAML files)."""
     out: dict = {"use_sim_time": bool(use_sim_time)}
+    topics = camera_topics(camera_topic)
     if name in ("embedding_node", "policy_node") and run_dir:
         out["run_dir"] = str(run_dir)
     if name == "policy_node":
         out["policy"] = policy
     if name == "camera_node":
-        out["input_topics"] = [camera_topic]
+        out["input_topics"] = topics
+    if name == "sim_node":  # the sim renders the cameras the graph listens to (agentview at least)
+        out["cameras"] = [cam for cam, topic in SIM_CAMERA_TOPICS.items() if topic in topics] or ["agentview"]
     return out
 
 

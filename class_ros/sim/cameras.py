@@ -27,6 +27,8 @@ import numpy as np
 from class_ros.errors import ClassRosError
 
 CAMERA_MODES = ("fixed", "random", "moving", "heldout")
+# The sim's cameras: the posed `agentview` above, and `wrist`, fixed to the hand (eye-in-hand).
+CAMERA_NAMES = ("agentview", "wrist")
 LOOKAT = np.array([0.34, 0.0, 0.1])
 FOVY_DEG = 45.0
 
@@ -62,6 +64,15 @@ def check_mode(mode: str) -> str:
     if mode not in CAMERA_MODES:
         raise ClassRosError(f"unknown camera mode {mode!r}; use one of {', '.join(CAMERA_MODES)}.")
     return mode
+
+
+def check_cameras(cameras) -> tuple[str, ...]:
+    """Return `cameras` as a tuple, or raise a ClassRosError naming the sim's cameras."""
+    cameras = (cameras,) if isinstance(cameras, str) else tuple(cameras)
+    unknown = [c for c in cameras if c not in CAMERA_NAMES]
+    if unknown or not cameras or len(set(cameras)) != len(cameras):
+        raise ClassRosError(f"cameras {list(cameras)} must be distinct names from {', '.join(CAMERA_NAMES)}.")
+    return cameras
 
 
 def _intervals_meet(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:

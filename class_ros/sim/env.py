@@ -10,6 +10,8 @@ velocity limit, then the MuJoCo position actuators track the setpoint. Observati
 `{"agentview": (H, W, 3) uint8, "joint_pos": (7,) float32, "privileged_state": (5,) float32}` (6 joint
 positions + gripper opening in the 0 open .. 1 closed target units; the true object state, which only
 the privileged-state ceilings of class_ros.sim.oracle read); `render_images=False` leaves out the image.
+`cameras=("agentview", "wrist")` adds the eye-in-hand `wrist` camera (fixed to the hand, so it sees the
+same whatever the agentview camera mode): an image of the same size under its own key.
 Everything random comes from the reset seed, so one seed gives the same images and states.
 
 The ROS sim node drives the same object at a lower level: `set_targets`, `advance(seconds)`,
@@ -23,7 +25,7 @@ import numpy as np
 
 from class_ros.errors import ClassRosError
 from class_ros.sim import robot
-from class_ros.sim.cameras import CameraRig, camera_pos_quat, check_mode
+from class_ros.sim.cameras import CameraRig, camera_pos_quat, check_cameras, check_mode
 from class_ros.sim.tasks import TIME_LIMIT_S, CUBE_HALF, check_task, is_success, sample_layout
 
 SERVO_RATE_HZ = 100.0
@@ -45,12 +47,13 @@ class ArmEnv:
 
     def __init__(self, task: str = "lift", camera: str = "fixed", image_size: tuple[int, int] = (96, 96),
                  seed: int | None = None, control_rate_hz: float = 10.0, render_images: bool = True,
-                 time_limit_s: float | None = None):
+                 time_limit_s: float | None = None, cameras=("agentview",)):
         import mujoco
 
         self._mj = mujoco
         self.task = check_task(task)
         self.camera_mode = check_mode(camera)
+        self.cameras = check_cameras(cameras)
         self.image_size = (int(image_size[0]), int(image_size[1]))  # (H, W)
         if min(self.image_size) < 8 or control_rate_hz <= 0:
             raise ClassRosError(f"image_size {image_size} must be at least 8x8 and control_rate_hz positive.")
@@ -75,8 +78,9 @@ class ArmEnv:
         self._goal_body = None if goal is None else name(mujoco.mjtObj.mjOBJ_BODY, goal)
         self._goal_geom = None if goal is None else name(mujoco.mjtObj.mjOBJ_GEOM, goal)
         self._cam = name(mujoco.mjtObj.mjOBJ_CAMERA, "agentview")
+        self._wrist_cam = name(mujoco.mjtObj.mjOBJ_CAMERA, "wrist")
         self.grip_site = name(mujoco.mjtObj.mjOBJ_SITE, "grip")
-        assert min(joints + fingers + [self._cam, self.grip_site]) >= 0, "MJCF and robot.py disagree"
+        assert min(joints + fingers + [self._cam, self._wrist_cam, self.grip_site]) >= 0, "MJCF and robot.py disagree"
 
         self._substeps_per_tick = max(1, int(round(1.0 / (SERVO_RATE_HZ * m.opt.timestep))))
         self._renderer = None
@@ -161,8 +165,8 @@ class ArmEnv:
             self._physics_steps += n
             remaining -= n
 
-    def render(self) -> np.ndarray:
-        """The `agentview` image (H, W, 3) uint8 of the current state and camera pose."""
+    def render(self, camera: str = "agentview") -> np.ndarray:
+        """The image (H, W, 3) uint8 of `camera` ("agentview" or "wrist") in the current state and camera pose."""
         if self._renderer is None:
             _load_triton_before_gl()
             self._renderer = self._mj.Renderer(self.model, *self.image_size)
@@ -171,7 +175,7 @@ class ArmEnv:
         # Kinematics only (not mj_forward): rendering must not change the physics' warm start.
         self._mj.mj_kinematics(self.model, self.data)
         self._mj.mj_camlight(self.model, self.data)
-        self._renderer.update_scene(self.data, camera=self._cam)
+        self._renderer.update_scene(self.data, camera=self._wrist_cam if camera == "wrist" else self._cam)
         return self._renderer.render()
 
     def joint_positions(self) -> np.ndarray:
@@ -222,7 +226,7 @@ class ArmEnv:
     def _observe(self) -> dict:
         obs = {"joint_pos": self.joint_positions().astype(np.float32), "privileged_state": self.privileged_state()}
         if self.render_images:
-            obs["agentview"] = self.render()
+            obs.update({cam: self.render(cam) for cam in self.cameras})
         return obs
 
 

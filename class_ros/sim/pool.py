@@ -91,15 +91,16 @@ def _worker(conn, env_kwargs: dict) -> None:
 
 
 class EnvPool:
-    """`n` ArmEnvs of one task, camera mode and image size, each in its own process."""
+    """`n` ArmEnvs of one task, camera mode, image size and cameras, each in its own process."""
 
-    def __init__(self, n: int, task: str, camera: str, image_size=(96, 96)):
+    def __init__(self, n: int, task: str, camera: str, image_size=(96, 96), cameras=("agentview",)):
         import multiprocessing as mp
 
         if n < 1:
             raise ClassRosError(f"an env pool needs at least 1 worker, got {n}.")
         ctx = mp.get_context("spawn")
-        kwargs = {"task": task, "camera": camera, "image_size": tuple(int(s) for s in image_size)}
+        kwargs = {"task": task, "camera": camera, "image_size": tuple(int(s) for s in image_size),
+                  "cameras": tuple(cameras)}
         self._procs, self._conns = [], []
         try:
             for _ in range(n):
