@@ -24,13 +24,14 @@ def nodes(context):
     policy = arg("policy")
     use_sim_time = arg("use_sim_time").lower() == "true"
     respawn = arg("respawn").lower() == "true"
-    specs = topology.graph(policy, sim=arg("sim").lower() == "true", robot_config=arg("robot_config"),
-                           camera_topic=arg("camera_topic"))
+    sim = arg("sim").lower() == "true"
+    camera_topic = topology.run_camera_topic(run_dir, arg("camera_topic"), sim)
+    specs = topology.graph(policy, sim=sim, robot_config=arg("robot_config"), camera_topic=camera_topic)
     actions = []
     for spec in specs:
         files = [f if os.path.isabs(f) else os.path.join(share, f) for f in spec.params]
         params = topology.overrides(spec.name, run_dir=run_dir, policy=policy,
-                                    camera_topic=arg("camera_topic"), use_sim_time=use_sim_time)
+                                    camera_topic=camera_topic, use_sim_time=use_sim_time)
         # Each node is its own process: a dead one never takes arm_command_node (the hold) with it.
         actions.append(Node(package="class_ros", executable=spec.name, name=spec.name, output="screen",
                             parameters=[*files, params], remappings=list(spec.remappings),
@@ -47,7 +48,7 @@ def generate_launch_description():
                               description="also start the built-in MuJoCo sim node"),
         DeclareLaunchArgument("camera_topic", default_value=topology.DEFAULT_CAMERA_TOPIC,
                               description="raw camera topic (sensor_msgs/Image); several joined by commas, in "
-                                          "the run's camera order (sim: /camera/image_raw,/wrist_camera/image_raw)"),
+                                          "the run's camera order (with sim:=true the default follows the run's cameras)"),
         DeclareLaunchArgument("robot_config", default_value=topology.DEFAULT_ROBOT,
                               description="robot limits YAML, relative to the package share or absolute"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],

@@ -155,6 +155,15 @@ def test_a_second_camera_is_wired_through_and_the_sim_renders_it():
         topology.sim_camera_topic(["front"])
 
 
+def test_with_the_sim_the_default_camera_topics_follow_the_run(tmp_path):
+    from tiny_run import make_sim_layout_run
+    run = str(make_sim_layout_run(tmp_path, n_episodes=2, length=12, cameras=("agentview", "wrist")))
+    both = "/camera/image_raw,/wrist_camera/image_raw"
+    assert topology.run_camera_topic(run, sim=True) == both
+    assert topology.run_camera_topic(run, sim=False) == topology.DEFAULT_CAMERA_TOPIC  # a real arm names its own
+    assert topology.run_camera_topic(run, "/cam", sim=True) == "/cam"  # what the user gave stays
+
+
 def test_sim_robot_config_matches_the_sim():
     from class_ros.sim import robot
     p = yaml.safe_load((REPO / topology.DEFAULT_ROBOT).read_text())["arm_command_node"]["ros__parameters"]

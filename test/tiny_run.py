@@ -13,7 +13,7 @@ import numpy as np
 SWEEP = 0.3  # rad (gripper units) the actions move away from HOME over an episode
 
 
-def make_sim_layout_run(out: Path, n_episodes: int = 3, length: int = 24) -> Path:
+def make_sim_layout_run(out: Path, n_episodes: int = 3, length: int = 24, cameras=("agentview",)) -> Path:
     """Dataset, exact DTW positives, 1 pre-training step and a k=1 index under `out`; returns the run dir."""
     from class_ros.data.schema import DatasetMeta, KeySchema
     from class_ros.data.store import EpisodeStore
@@ -26,7 +26,7 @@ def make_sim_layout_run(out: Path, n_episodes: int = 3, length: int = 24) -> Pat
     rng = np.random.default_rng(0)
     names = list(JOINT_NAMES)
     meta = DatasetMeta(control_rate_hz=10.0, action_names=names, action_kind="joint_position",
-                       keys={"obs/agentview": KeySchema("uint8", (96, 96, 3), "image"),
+                       keys={**{f"obs/{c}": KeySchema("uint8", (96, 96, 3), "image") for c in cameras},
                              "obs/joint_pos": KeySchema("float32", (7,), "low_dim"),
                              "action": KeySchema("float32", (7,), "low_dim")},
                        joint_names=names, source="synthetic")
@@ -35,8 +35,8 @@ def make_sim_layout_run(out: Path, n_episodes: int = 3, length: int = 24) -> Pat
         for _ in range(n_episodes):
             ramp = np.linspace(0.0, SWEEP, length + 1)[:, None] * np.sign(rng.normal(size=7))[None]
             q = (HOME[None] + ramp).astype(np.float32)
-            store.append_episode({"obs/agentview": rng.integers(0, 256, (length, 96, 96, 3), dtype=np.uint8),
-                                  "obs/joint_pos": q[:-1], "action": q[1:]})
+            store.append_episode({**{f"obs/{c}": rng.integers(0, 256, (length, 96, 96, 3), dtype=np.uint8)
+                                     for c in cameras}, "obs/joint_pos": q[:-1], "action": q[1:]})
     compute_positives(out / "dataset", out / "positives.npz", horizon=8, quantile=0.05, verbose=False)
     cfg = PretrainConfig(encoder=EncoderConfig(small_width=8, crop_size=88, num_keypoints=8, feature_dim=16),
                          batch_size=16, steps=1, warmup_steps=1, dist_horizon=8, save_every=1000)

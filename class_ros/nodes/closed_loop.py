@@ -125,9 +125,8 @@ def run_closed_loop(run_dir, task: str = "lift", camera: str = "fixed", episodes
         raise ClassRosError(f"run directory {run_dir} does not exist; train a run first.")
     seconds = float(episode_seconds or TIME_LIMIT_S[task])
     seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(episodes)]
-    from class_ros.data.rundir import RunDir
     # The sim publishes, and camera_node reads, exactly the cameras the run was trained on.
-    camera_topic = topology.sim_camera_topic(RunDir.open(run_dir).load_config()["encoder"]["image_keys"])
+    camera_topic = topology.run_camera_topic(str(run_dir), sim=True)
     specs = topology.graph(policy, sim=True, camera_topic=camera_topic)
     extra = dict(run_dir=str(run_dir), policy=policy, camera_topic=camera_topic)
     sim_yaml = _sim_overrides(task, camera, seeds[0] if seeds else seed)

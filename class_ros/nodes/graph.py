@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     _check_env()
     if args.respawn and not args.processes:
         raise ClassRosError("--respawn restarts node processes; add --processes.")
-    specs = topology.graph(args.policy, args.sim, args.robot_config, args.camera_topic)
-    extra = dict(run_dir=args.run_dir, policy=args.policy, camera_topic=args.camera_topic,
+    camera_topic = topology.run_camera_topic(args.run_dir, args.camera_topic, args.sim)
+    specs = topology.graph(args.policy, args.sim, args.robot_config, camera_topic)
+    extra = dict(run_dir=args.run_dir, policy=args.policy, camera_topic=camera_topic,
                  use_sim_time=args.use_sim_time)
     return run_graph(specs, args.params, extra, args.processes, args.duration, args.respawn)
 

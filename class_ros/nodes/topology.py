@@ -52,6 +52,15 @@ def sim_camera_topic(image_keys) -> str:
     return ",".join(SIM_CAMERA_TOPICS[k] for k in image_keys) or DEFAULT_CAMERA_TOPIC
 
 
+def run_camera_topic(run_dir: str, camera_topic: str = DEFAULT_CAMERA_TOPIC, sim: bool = False) -> str:
+    """The `camera_topic` to use: as given, except that with the built-in sim the default follows the run's
+    cameras (a run trained on agentview + wrist reads both of sim_node's camera topics)."""
+    if not sim or not run_dir or camera_topic != DEFAULT_CAMERA_TOPIC:
+        return camera_topic
+    from class_ros.data.rundir import RunDir
+    return sim_camera_topic(RunDir.open(run_dir).load_config()["encoder"]["image_keys"])
+
+
 def graph(policy: str = "retrieval", sim: bool = False, robot_config: str = DEFAULT_ROBOT,
           camera_topic: str = DEFAULT_CAMERA_TOPIC) -> list[NodeSpec]:
     """The nodes to start: camera -> (embedding ->) policy -> arm command, plus the sim node with sim=True."""
