@@ -45,7 +45,7 @@ def measure(backbone: str, device: str, batch: int, steps: int, amp: bool, chann
     cfg = EncoderConfig(backbone=backbone, image_keys=["cam"], image_size=[96, 96], crop_size=84)
     enc = ObservationEncoder(cfg).to(device).train()
     if channels_last:
-        enc.to(memory_format=torch.channels_last)
+        enc.use_channels_last()  # as pretrain runs it
     opt = LARS(enc.parameters(), lr=0.4) if optimizer == "lars" else torch.optim.AdamW(enc.parameters(), lr=1e-3)
     images = torch.randint(0, 256, (batch, 96, 96, 3), dtype=torch.uint8, device=device)
     weights = (torch.rand(batch, batch, device=device) < 0.05).float()
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         steps = 3 if args.quick else 10
         print(f"CPU, {torch.get_num_threads()} threads, batch 64, 96x96 -> 84x84 crops, AdamW")
-        small = measure("small", "cpu", 64, steps, amp=False, channels_last=False)
-        peer = measure("resnet18", "cpu", 64, max(2, steps // 3), amp=False, channels_last=False, warmup=1)
+        small = measure("small", "cpu", 64, steps, amp=False, channels_last=True)
+        peer = measure("resnet18", "cpu", 64, max(2, steps // 3), amp=False, channels_last=True, warmup=1)
         rows = [small, peer]
         for name, r in (("small encoder", small), ("ResNet-18 (peer)", peer)):
             print(f"  {name:17s} {r['img_per_s']:7.0f} img/s  {r['img_per_cpu_s']:7.0f} img per CPU-second")

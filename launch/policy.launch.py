@@ -48,7 +48,7 @@ def generate_launch_description():
                               description="also start the built-in MuJoCo sim node"),
         DeclareLaunchArgument("camera_topic", default_value=topology.DEFAULT_CAMERA_TOPIC,
                               description="raw camera topic (sensor_msgs/Image); several joined by commas, in "
-                                          "the run's camera order (with sim:=true the default follows the run's cameras)"),
+                                          "the run's camera order (with sim:=true the default follows the run)"),
         DeclareLaunchArgument("robot_config", default_value=topology.DEFAULT_ROBOT,
                               description="robot limits YAML, relative to the package share or absolute"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],

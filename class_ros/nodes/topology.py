@@ -68,7 +68,8 @@ def graph(policy: str = "retrieval", sim: bool = False, robot_config: str = DEFA
         raise ClassRosError(f"policy must be {' or '.join(POLICY_KINDS)}, got {policy!r}.")
     nodes = [NodeSpec("camera_node", (POLICY_PARAMS,))]
     # The reader of camera_node's i-th output, camera i of the run, hears it under the same relative name.
-    images = tuple((image_topic(i), "/camera_node/" + image_topic(i)[2:]) for i in range(len(camera_topics(camera_topic))))
+    n_cameras = len(camera_topics(camera_topic))
+    images = tuple((image_topic(i), "/camera_node/" + image_topic(i)[2:]) for i in range(n_cameras))
     if policy == "retrieval":
         nodes.append(NodeSpec("embedding_node", (POLICY_PARAMS,), images))
         policy_in = (("~/embedding", "/embedding_node/embedding"),)

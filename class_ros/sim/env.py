@@ -25,7 +25,7 @@ import numpy as np
 
 from class_ros.errors import ClassRosError
 from class_ros.sim import robot
-from class_ros.sim.cameras import CameraRig, camera_pos_quat, check_cameras, check_mode
+from class_ros.sim.cameras import CAMERA_NAMES, CameraRig, camera_pos_quat, check_cameras, check_mode
 from class_ros.sim.tasks import TIME_LIMIT_S, CUBE_HALF, check_task, is_success, sample_layout
 
 SERVO_RATE_HZ = 100.0
@@ -77,10 +77,11 @@ class ArmEnv:
         goal = {"lift": None, "push": "target", "pick_place": "plate"}[task]
         self._goal_body = None if goal is None else name(mujoco.mjtObj.mjOBJ_BODY, goal)
         self._goal_geom = None if goal is None else name(mujoco.mjtObj.mjOBJ_GEOM, goal)
-        self._cam = name(mujoco.mjtObj.mjOBJ_CAMERA, "agentview")
-        self._wrist_cam = name(mujoco.mjtObj.mjOBJ_CAMERA, "wrist")
+        self._cam_ids = {cam: name(mujoco.mjtObj.mjOBJ_CAMERA, cam) for cam in CAMERA_NAMES}
+        self._cam = self._cam_ids["agentview"]  # the posed one
         self.grip_site = name(mujoco.mjtObj.mjOBJ_SITE, "grip")
-        assert min(joints + fingers + [self._cam, self._wrist_cam, self.grip_site]) >= 0, "MJCF and robot.py disagree"
+        ids = joints + fingers + list(self._cam_ids.values()) + [self.grip_site]
+        assert min(ids) >= 0, "MJCF and robot.py disagree"
 
         self._substeps_per_tick = max(1, int(round(1.0 / (SERVO_RATE_HZ * m.opt.timestep))))
         self._renderer = None
@@ -175,7 +176,7 @@ class ArmEnv:
         # Kinematics only (not mj_forward): rendering must not change the physics' warm start.
         self._mj.mj_kinematics(self.model, self.data)
         self._mj.mj_camlight(self.model, self.data)
-        self._renderer.update_scene(self.data, camera=self._wrist_cam if camera == "wrist" else self._cam)
+        self._renderer.update_scene(self.data, camera=self._cam_ids[check_cameras(camera)[0]])
         return self._renderer.render()
 
     def joint_positions(self) -> np.ndarray:
