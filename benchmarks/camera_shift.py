@@ -1,7 +1,7 @@
 """Camera-shift benchmark: does CLASS keep working when the camera moves, where plain behaviour cloning fails?
 
 Usage:
-    python benchmarks/camera_shift.py --quick          # CPU preset, 52 minutes for both tasks on 2 cores
+    python benchmarks/camera_shift.py --quick          # CPU preset, about 2 hours for both tasks on 2 cores
     python benchmarks/camera_shift.py --preset full    # sized for a GPU machine (more demos, longer training)
     python benchmarks/camera_shift.py --preset smoke   # 2 episodes per cell: checks the wiring, NOT a result
     python benchmarks/camera_shift.py                  # full when CUDA is available, else quick
