@@ -28,10 +28,9 @@ import numpy as np
 
 from class_ros.data import outputs
 from class_ros.errors import ClassRosError
+from class_ros.sim.cameras import CAMERA_TOPICS as IMAGE_TOPICS  # camera -> raw topic; its frame_id is the camera
 from training.workers import add_workers_argument, ordered_results, resolve_workers
 
-IMAGE_TOPIC = "/camera/image_raw"
-IMAGE_TOPICS = {"agentview": IMAGE_TOPIC, "wrist": "/wrist_camera/image_raw"}  # camera -> topic (frame_id: camera)
 JOINT_STATES_TOPIC = "/joint_states"
 ARM_COMMAND_TOPIC = "/forward_position_controller/commands"
 GRIPPER_COMMAND_TOPIC = "/gripper_controller/commands"

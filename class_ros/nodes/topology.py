@@ -12,13 +12,13 @@ from pathlib import Path
 
 from class_ros.errors import ClassRosError
 from class_ros.policy import POLICY_KINDS
+from class_ros.sim.cameras import CAMERA_TOPICS
 
 POLICY_PARAMS = "config/policy.yaml"
 SIM_PARAMS = "config/sim.yaml"
 DEFAULT_ROBOT = "config/robots/sim_arm.yaml"
 DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
-# The built-in sim's cameras and the raw topics sim_node publishes them on (class_ros.sim.cameras.CAMERA_NAMES).
-SIM_CAMERA_TOPICS = {"agentview": "/camera/image_raw", "wrist": "/wrist_camera/image_raw"}
+SIM_CAMERA_TOPICS = CAMERA_TOPICS  # the built-in sim's cameras -> the raw topics sim_node publishes them on
 
 
 @dataclass(frozen=True)

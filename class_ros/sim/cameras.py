@@ -27,8 +27,10 @@ import numpy as np
 from class_ros.errors import ClassRosError
 
 CAMERA_MODES = ("fixed", "random", "moving", "heldout")
-# The sim's cameras: the posed `agentview` above, and `wrist`, fixed to the hand (eye-in-hand).
-CAMERA_NAMES = ("agentview", "wrist")
+# The sim's cameras: the posed `agentview` above, and `wrist`, fixed to the hand (eye-in-hand), with the raw
+# topics they are published on (sim_node, and the bags of sim-demos).
+CAMERA_TOPICS = {"agentview": "/camera/image_raw", "wrist": "/wrist_camera/image_raw"}
+CAMERA_NAMES = tuple(CAMERA_TOPICS)
 LOOKAT = np.array([0.34, 0.0, 0.1])
 FOVY_DEG = 45.0
 
