@@ -217,6 +217,10 @@ def test_sim_node_publishes_the_wrist_camera_and_camera_node_reads_both():
     stamp = lambda m: (m.header.stamp.sec, m.header.stamp.nanosec)  # noqa: E731
     assert {stamp(m) for m in got["raw0"]} & {stamp(m) for m in got["raw1"]}  # one instant, both cameras
     assert {m.header.frame_id for m in got["raw1"]} == {"wrist"}
-    assert {stamp(m) for m in got["out1"]} <= {stamp(m) for m in got["raw1"]}
+    # camera_node's ~/image_1 is the wrist stream: each of its frames equals the raw wrist frame of its stamp
+    # (96x96 in, 96x96 out). Best effort: either side may have missed a frame, so compare the shared stamps.
+    raw1 = {stamp(m): bytes(m.data) for m in got["raw1"]}
+    shared = [m for m in got["out1"] if stamp(m) in raw1]
+    assert shared and all(bytes(m.data) == raw1[stamp(m)] for m in shared)
     agent, wrist = (np.frombuffer(bytes(got[k][-1].data), np.uint8).astype(int) for k in ("raw0", "raw1"))
     assert wrist.std() > 5 and np.abs(agent - wrist).mean() > 10  # a real, different view

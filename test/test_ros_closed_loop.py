@@ -149,6 +149,8 @@ def test_embedding_node_survives_non_finite_joint_states(random_run):
         try:
             cam = probe.publisher(Image, "/camera/image_raw", sensor=True)
             js = probe.publisher(JointState, "/joint_states", sensor=True)
+            # Best effort: what goes out before the nodes' subscriptions are matched is never delivered.
+            assert wait_until(lambda: js.get_subscription_count() >= 1 and cam.get_subscription_count() >= 1, 30)
             raw = np.zeros((96, 96, 3), np.uint8).tobytes()
 
             def send(t, q):
