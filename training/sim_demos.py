@@ -28,7 +28,7 @@ import numpy as np
 
 from class_ros.data import outputs
 from class_ros.errors import ClassRosError
-from class_ros.sim.cameras import CAMERA_TOPICS as IMAGE_TOPICS  # camera -> raw topic; its frame_id is the camera
+from class_ros.sim.cameras import CAMERA_TOPICS  # camera -> raw topic; its frame_id is the camera name
 from training.workers import add_workers_argument, ordered_results, resolve_workers
 
 JOINT_STATES_TOPIC = "/joint_states"
@@ -137,7 +137,7 @@ def record_demos(task: str, episodes: int, camera: str, storage: str, out, seed:
         "episodes_tried": tried, "expert_successes": successes,
         "expert_success_rate": successes / tried if tried else 0.0, "keep_failed": keep_failed,
         "bags": kept, "episode_seeds": seeds, "episode_control_steps": lengths,
-        "topics": [IMAGE_TOPICS[c] for c in cameras] + [JOINT_STATES_TOPIC, ARM_COMMAND_TOPIC, GRIPPER_COMMAND_TOPIC],
+        "topics": [CAMERA_TOPICS[c] for c in cameras] + [JOINT_STATES_TOPIC, ARM_COMMAND_TOPIC, GRIPPER_COMMAND_TOPIC],
     }
     summary_path = out / "sim_demos.json"
     outputs.write_json(summary_path, summary, indent=2)
@@ -209,7 +209,7 @@ class _BagTopics:
         self.writer = Writer(path, version=9, storage_plugin=plugin)
         self.writer.open()
         add = lambda topic, msgtype: self.writer.add_connection(topic, msgtype, typestore=self.ts)  # noqa: E731
-        self.images = {cam: add(IMAGE_TOPICS[cam], "sensor_msgs/msg/Image") for cam in cameras}
+        self.images = {cam: add(CAMERA_TOPICS[cam], "sensor_msgs/msg/Image") for cam in cameras}
         self.joints = add(JOINT_STATES_TOPIC, "sensor_msgs/msg/JointState")
         self.arm = add(ARM_COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray")
         self.gripper = add(GRIPPER_COMMAND_TOPIC, "std_msgs/msg/Float64MultiArray")

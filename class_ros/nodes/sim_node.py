@@ -88,8 +88,8 @@ class SimNode(Node):
         self._error: BaseException | None = None
 
         self.js_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
-        from class_ros.nodes.topology import SIM_CAMERA_TOPICS
-        self.img_pubs = {cam: self.create_publisher(Image, SIM_CAMERA_TOPICS[cam], qos_profile_sensor_data)
+        from class_ros.sim.cameras import CAMERA_TOPICS
+        self.img_pubs = {cam: self.create_publisher(Image, CAMERA_TOPICS[cam], qos_profile_sensor_data)
                          for cam in p.cameras}
         self.success_pub = self.create_publisher(Bool, "~/success", LATCHED)
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if p.publish_clock else None

@@ -18,7 +18,6 @@ POLICY_PARAMS = "config/policy.yaml"
 SIM_PARAMS = "config/sim.yaml"
 DEFAULT_ROBOT = "config/robots/sim_arm.yaml"
 DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
-SIM_CAMERA_TOPICS = CAMERA_TOPICS  # the built-in sim's cameras -> the raw topics sim_node publishes them on
 
 
 @dataclass(frozen=True)
@@ -46,10 +45,10 @@ def camera_topics(camera_topic: str) -> list[str]:
 
 def sim_camera_topic(image_keys) -> str:
     """The `camera_topic` argument for a run trained on the built-in sim's cameras `image_keys`."""
-    unknown = [k for k in image_keys if k not in SIM_CAMERA_TOPICS]
+    unknown = [k for k in image_keys if k not in CAMERA_TOPICS]
     if unknown:
-        raise ClassRosError(f"the run's cameras {unknown} are not the sim's ({', '.join(SIM_CAMERA_TOPICS)}).")
-    return ",".join(SIM_CAMERA_TOPICS[k] for k in image_keys) or DEFAULT_CAMERA_TOPIC
+        raise ClassRosError(f"the run's cameras {unknown} are not the sim's ({', '.join(CAMERA_TOPICS)}).")
+    return ",".join(CAMERA_TOPICS[k] for k in image_keys) or DEFAULT_CAMERA_TOPIC
 
 
 def run_camera_topic(run_dir: str, camera_topic: str = DEFAULT_CAMERA_TOPIC, sim: bool = False) -> str:
@@ -95,7 +94,7 @@ def overrides(name: str, run_dir: str = "", policy: str = "retrieval", camera_to
     if name == "camera_node":
         out["input_topics"] = topics
     if name == "sim_node":  # the sim renders the cameras the graph listens to (agentview at least)
-        out["cameras"] = [cam for cam, topic in SIM_CAMERA_TOPICS.items() if topic in topics] or ["agentview"]
+        out["cameras"] = [cam for cam, topic in CAMERA_TOPICS.items() if topic in topics] or ["agentview"]
     return out
 
 
