@@ -1,7 +1,7 @@
 """Camera-shift benchmark: does CLASS keep working when the camera moves, where plain behaviour cloning fails?
 
 Usage:
-    python benchmarks/camera_shift.py --quick          # CPU preset, about 2 hours for both tasks on 2 cores
+    python benchmarks/camera_shift.py --quick          # CPU preset, 2.6 hours for both tasks on 2 cores
     python benchmarks/camera_shift.py --preset full    # sized for a GPU machine (more demos, longer training)
     python benchmarks/camera_shift.py --preset smoke   # 2 episodes per cell: checks the wiring, NOT a result
     python benchmarks/camera_shift.py                  # full when CUDA is available, else quick
@@ -69,7 +69,7 @@ PRESETS = {
     # Evaluation is cheap next to training, so it keeps 50 episodes per cell.
     "quick": {"sim_demos": {"episodes": 200, "cameras": ["agentview", "wrist"]},
               "convert": {"mapping": "config/mappings/sim_wrist.yaml"}, "dtw": {"quantile": 0.005},
-              "pretrain": {"overrides": {"steps": 4000}}, "index": {"k": 8},
+              "pretrain": {"overrides": {"steps": 4000}}, "index": {"k": 8, "view_weights": {"wrist": 4}},
               "finetune": {"overrides": {"steps": 4000}},
               "note": "quick CPU preset: 200 demonstrations with agentview + wrist cameras, small encoder, "
                       "4000 pre-training and 4000 fine-tuning steps, 50 evaluation episodes per cell"},

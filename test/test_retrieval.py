@@ -194,6 +194,55 @@ def test_retrieval_features_balance_image_and_proprio():
         RetrievalConfig(proprio_weight=-1.0)
 
 
+def test_view_weights_scale_each_camera_to_unit_norm_then_by_its_weight():
+    from class_ros.policy.retrieval import RetrievalConfig, retrieval_features, view_scales
+
+    raw = np.array([[3.0, 4.0, 0.0, 10.0, 0.5, -0.5]], np.float32)  # camera a (3, 4), camera b (0, 10), proprio
+    # together (no weights): the image part (3, 4, 0, 10) / sqrt(125), so camera b counts more by its scale
+    np.testing.assert_allclose(retrieval_features(raw, 4, 0.0)[0], [3, 4, 0, 10, 0, 0] / np.sqrt(125.0), rtol=1e-6)
+    # per camera: a -> (0.6, 0.8), b -> (0, 1) * 4, then the image part to unit norm
+    want = np.array([0.6, 0.8, 0.0, 4.0, 0, 0]) / np.sqrt(17.0)
+    np.testing.assert_allclose(retrieval_features(raw, 4, 0.0, [1.0, 4.0])[0], want, rtol=1e-6)
+    np.testing.assert_allclose(retrieval_features(raw, 4, 0.0, [0.0, 1.0])[0], [0, 0, 0, 1, 0, 0], atol=1e-7)
+    cfg = RetrievalConfig(view_weights={"b": 4})
+    assert view_scales(cfg, ["a", "b"]) == [1.0, 4.0] and view_scales(RetrievalConfig(), ["a", "b"]) is None
+    with pytest.raises(ClassRosError, match=r"view_weights name cameras \['c'\] that the encoder does not have"):
+        view_scales(RetrievalConfig(view_weights={"c": 2}), ["a", "b"])
+    with pytest.raises(ClassRosError, match="give every camera weight 0"):
+        view_scales(RetrievalConfig(view_weights={"a": 0, "b": 0}), ["a", "b"])
+    for bad in ({"a": -1}, {"a": float("nan")}, {"a": "2"}, [2.0]):
+        with pytest.raises(ClassRosError, match="view_weights must map camera names to finite weights >= 0"):
+            RetrievalConfig(view_weights=bad)
+
+
+def test_a_two_camera_index_with_view_weights_matches_its_queries(tmp_path):
+    """The rows and the queries use the same per-camera weights; a load-time change is refused."""
+    from tiny_run import make_sim_layout_run
+
+    from class_ros.policy.retrieval import RetrievalPolicy
+    from training.index import build_index, parse_view_weights
+
+    path = make_sim_layout_run(tmp_path, n_episodes=2, length=12, cameras=("agentview", "wrist"))
+    assert parse_view_weights(["wrist=4"]) == {"wrist": 4.0} and parse_view_weights(None) is None
+    with pytest.raises(ClassRosError, match="--view-weight wants CAMERA=WEIGHT"):
+        parse_view_weights(["wrist"])
+    summary = build_index(path, tmp_path / "dataset", k=1, view_weights={"wrist": 4.0}, progress=False)
+    assert summary["config"]["view_weights"] == {"wrist": 4.0}
+    policy = RetrievalPolicy.load(path)
+    from class_ros.data.store import EpisodeStore
+    store = EpisodeStore.open(tmp_path / "dataset")
+    chunks = store.action_chunks(policy.horizon)
+    for i in (0, 7, store.n_frames - 1):
+        obs = {name: np.asarray(store.read(f"obs/{name}", np.array([i])))[0]
+               for name in ("agentview", "wrist", "joint_pos")}
+        assert np.array_equal(policy.predict_action_chunk(obs), chunks[i])
+        assert policy.last_confidence.nearest_distance < 1e-5  # the query is its own stored row
+    with pytest.raises(ClassRosError, match="view_weights cannot change when loading"):
+        RetrievalPolicy.load(path, view_weights={"wrist": 1.0})
+    with pytest.raises(ClassRosError, match="name cameras \\['wirst'\\]"):
+        build_index(path, tmp_path / "dataset", view_weights={"wirst": 4.0}, progress=False)
+
+
 def test_load_time_overrides_change_queries_not_the_stored_rows(run):
     """Query settings may change at load; settings baked into the rows refuse (they would silently disagree)."""
     from class_ros.policy.retrieval import RetrievalPolicy, stored_config

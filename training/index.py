@@ -3,6 +3,7 @@
 Usage:
     class-ros index --run runs/class --dataset data/sim
     class-ros index --run runs/class --dataset data/sim --k 32 --tau 0.02 --mode sample
+    class-ros index --run runs/class --dataset data/sim --view-weight wrist=2   # two cameras, weighted
 
 Features are the policy's observation feature: unit-norm image features and the normalised proprio scaled
 by --proprio-weight, L2-normalised together (class_ros.policy.retrieval.retrieval_features).
@@ -17,6 +18,8 @@ import dataclasses
 import time
 
 import numpy as np
+
+from class_ros.errors import ClassRosError
 
 
 
@@ -41,7 +44,7 @@ def embed_dataset(encoder, store, batch_size: int = 256, device: str = "cpu", pr
 
 def build_index(run, dataset, *, k: int | None = None, tau: float | None = None, mode: str | None = None,
                 n_action_steps: int | None = None, approx_threshold: int | None = None, device: str | None = None,
-                proprio_weight: float | None = None, progress: bool = True, allow_partial: bool = False) -> dict:
+                proprio_weight: float | None = None, view_weights: dict | None = None, progress: bool = True, allow_partial: bool = False) -> dict:
     """Embed `dataset` with the EMA encoder of `run`, build and save the faiss index; returns a summary."""
     import torch
 
@@ -49,7 +52,7 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
     from class_ros.data.store import EpisodeStore
     from class_ros.encoder.model import load_encoder
     from class_ros.policy.retrieval import (RetrievalConfig, build_faiss_index, recall_at_k, retrieval_features,
-                                           save_index)
+                                           save_index, view_scales)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     store = EpisodeStore.open(dataset)
@@ -58,7 +61,8 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
     if note and progress:
         print(f"index: warning: {note}")
     overrides = {key: v for key, v in dict(k=k, tau=tau, mode=mode, n_action_steps=n_action_steps,
-                                           approx_threshold=approx_threshold, proprio_weight=proprio_weight).items()
+                                           approx_threshold=approx_threshold, proprio_weight=proprio_weight,
+                                           view_weights=view_weights).items()
                  if v is not None}
     cfg = RetrievalConfig(**overrides)
     config = rd.load_config()
@@ -66,7 +70,8 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
 
     t0 = time.perf_counter()
     raw = embed_dataset(encoder, store, device=device, progress=progress)
-    emb = retrieval_features(raw, encoder.image_dim, cfg.proprio_weight)  # (N, F) unit rows
+    emb = retrieval_features(raw, encoder.image_dim, cfg.proprio_weight,
+                             view_scales(cfg, encoder.config.image_keys))  # (N, F) unit rows
     embed_s = time.perf_counter() - t0
     chunks = store.action_chunks(int(config.get("dist_horizon", 16)))  # (N, H, D) unnormalised
     frames = np.arange(store.n_frames)
@@ -93,15 +98,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows above which an approximate (HNSW) index is built (default 50000)")
     parser.add_argument("--proprio-weight", type=float, default=None,
                         help="weight of the joint state against the image part of the feature (default 4.0)")
+    parser.add_argument("--view-weight", action="append", default=None, metavar="CAMERA=WEIGHT",
+                        help="scale each camera's features to unit norm times WEIGHT (1 for cameras not named); "
+                             "repeat per camera, e.g. --view-weight wrist=2 (default: the cameras scaled together)")
     parser.add_argument("--device", default=None, help="torch device for embedding (default: cuda if available)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="index an unfinished run (a killed or stopped pretrain) with its last checkpoint")
 
 
+def parse_view_weights(items: list[str] | None) -> dict | None:
+    """["wrist=2", "agentview=1"] -> {"wrist": 2.0, "agentview": 1.0}; None stays None."""
+    if items is None:
+        return None
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ClassRosError(f"--view-weight wants CAMERA=WEIGHT (e.g. wrist=2), got {item!r}.")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     s = build_index(args.run, args.dataset, k=args.k, tau=args.tau, mode=args.mode,
                     n_action_steps=args.n_action_steps, approx_threshold=args.approx_threshold, device=args.device,
-                    proprio_weight=args.proprio_weight, allow_partial=args.allow_partial)
+                    proprio_weight=args.proprio_weight, view_weights=parse_view_weights(args.view_weight),
+                    allow_partial=args.allow_partial)
     k = s["config"]["k"]
     print(f"index: {s['n']} frames, {s['dim']}-d features, {s['index_kind']} index, recall@{k} "
           f"{s[f'recall_at_{k}']:.3f}; wrote {s['path']}")

@@ -16,7 +16,7 @@ import contextlib
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,10 @@ class RetrievalConfig(DictConfig):
     # Weight of the proprio part against the unit-norm image part of the feature (see retrieval_features).
     # 4.0: on the lift demo it beat 0.5-2.0 (leave-one-episode-out chunk error and success rate).
     proprio_weight: float = 4.0
+    # {camera: weight}: each camera's features are scaled to unit norm, then by its weight (cameras not named
+    # weigh 1). Empty: the cameras' features are scaled together, as one vector (a camera with larger
+    # features counts more).
+    view_weights: dict = field(default_factory=dict)
     mode: str = "mean"  # "mean": weighted mean chunk; "sample": one chunk drawn by weight
     n_action_steps: int = 8  # steps executed per chunk before re-querying
     approx_threshold: int = 50_000  # above this many rows, an HNSW index replaces exact search
@@ -52,12 +56,16 @@ class RetrievalConfig(DictConfig):
             raise ClassRosError(f"retrieval needs k >= 1, tau > 0, n_action_steps >= 1 and proprio_weight >= 0; "
                                 f"got k={self.k}, tau={self.tau}, n_action_steps={self.n_action_steps}, "
                                 f"proprio_weight={self.proprio_weight}.")
+        if not isinstance(self.view_weights, dict) or not all(
+                isinstance(w, (int, float)) and 0 <= w < np.inf for w in self.view_weights.values()):
+            raise ClassRosError(f"retrieval view_weights must map camera names to finite weights >= 0; got "
+                                f"{self.view_weights!r}.")
         if self.mode not in MODES:
             raise ClassRosError(f"retrieval mode {self.mode!r} is not one of {MODES}.")
 
 
 # Settings baked into the stored index rows: changing one needs a rebuild, not a load-time override.
-BUILD_FIELDS = ("proprio_weight", "approx_threshold", "hnsw_m", "ef_construction")
+BUILD_FIELDS = ("proprio_weight", "view_weights", "approx_threshold", "hnsw_m", "ef_construction")
 
 
 def stored_config(saved: dict, folder, overrides: dict) -> RetrievalConfig:
@@ -78,6 +86,19 @@ def stored_config(saved: dict, folder, overrides: dict) -> RetrievalConfig:
     return RetrievalConfig.from_dict({**saved, **overrides})
 
 
+def view_scales(config: RetrievalConfig, cameras: list[str]) -> list[float] | None:
+    """The weight of each of the encoder's `cameras` (in its order), or None: the cameras scaled together."""
+    if not config.view_weights:
+        return None
+    unknown = sorted(set(config.view_weights) - set(cameras))
+    if unknown:
+        raise ClassRosError(f"retrieval view_weights name cameras {unknown} that the encoder does not have; it has "
+                            f"{list(cameras)}.")
+    scales = [float(config.view_weights.get(cam, 1.0)) for cam in cameras]
+    if not any(scales):
+        raise ClassRosError(f"retrieval view_weights {config.view_weights} give every camera weight 0.")
+    return scales
+
 
 @dataclass
 class RetrievalConfidence:
@@ -97,15 +118,21 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norm, 1e-12), dtype=np.float32)
 
 
-def retrieval_features(raw: np.ndarray, image_dim: int, proprio_weight: float) -> np.ndarray:
+def retrieval_features(raw: np.ndarray, image_dim: int, proprio_weight: float,
+                       view_scales: list[float] | None = None) -> np.ndarray:
     """(N, F) encoder outputs (image features, then normalised proprio) -> (N, F) unit rows for the index.
 
     The image part is scaled to unit norm and the proprio part to `proprio_weight` times its RMS value, so
     the balance between "what the camera sees" and "where the arm is" is a setting, not an accident of the
     encoder's output scale (unweighted, the proprio part dominated and neighbours matched arm pose only).
+    `view_scales` (one weight per camera, see `view_scales()`): each camera's equal share of the image part
+    is first scaled to unit norm times its weight.
     """
     raw = np.asarray(raw, dtype=np.float32).reshape(len(raw), -1)
     image, proprio = raw[:, :image_dim], raw[:, image_dim:]
+    if view_scales is not None:
+        views = np.split(image, len(view_scales), axis=1)
+        image = np.concatenate([normalize_rows(v) * w for v, w in zip(views, view_scales)], axis=1)
     if proprio.shape[1]:
         proprio = proprio * (proprio_weight / np.sqrt(proprio.shape[1]))
     return normalize_rows(np.concatenate([normalize_rows(image), proprio], axis=1))
@@ -286,7 +313,8 @@ class RetrievalPolicy:
             feat = self.encoder(batch).float().cpu().numpy()  # (B, F)
         if not np.isfinite(feat).all():
             raise ClassRosError("the observation produced a non-finite embedding; check the image and joint state.")
-        return retrieval_features(feat, self.encoder.image_dim, self.config.proprio_weight)
+        return retrieval_features(feat, self.encoder.image_dim, self.config.proprio_weight,
+                                  view_scales(self.config, self.encoder.config.image_keys))
 
     def predict_action_chunks(self, observations: list[dict], states: list[np.random.Generator]) -> np.ndarray:
         """B observations (one per episode, each with its episode's new_episode_state) -> (B, H, D) chunks,
