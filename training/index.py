@@ -3,10 +3,11 @@
 Usage:
     class-ros index --run runs/class --dataset data/sim
     class-ros index --run runs/class --dataset data/sim --k 32 --tau 0.02 --mode sample
-    class-ros index --run runs/class --dataset data/sim --view-weight wrist=2   # two cameras, weighted
+    class-ros index --run runs/class --dataset data/sim --view-weight wrist=4   # two cameras, weighted
 
 Features are the policy's observation feature: unit-norm image features and the normalised proprio scaled
 by --proprio-weight, L2-normalised together (class_ros.policy.retrieval.retrieval_features).
+With --view-weight CAMERA=W, each camera's features are first scaled to unit norm times its weight.
 Up to --approx-threshold rows the index is exact (faiss inner product); above it an HNSW index is built
 and its recall@k against exact search is measured and stored. The index, the aligned action chunks and
 the settings go to RUN/index/.
@@ -20,7 +21,6 @@ import time
 import numpy as np
 
 from class_ros.errors import ClassRosError
-
 
 
 def embed_dataset(encoder, store, batch_size: int = 256, device: str = "cpu", progress: bool = True) -> np.ndarray:
@@ -44,7 +44,8 @@ def embed_dataset(encoder, store, batch_size: int = 256, device: str = "cpu", pr
 
 def build_index(run, dataset, *, k: int | None = None, tau: float | None = None, mode: str | None = None,
                 n_action_steps: int | None = None, approx_threshold: int | None = None, device: str | None = None,
-                proprio_weight: float | None = None, view_weights: dict | None = None, progress: bool = True, allow_partial: bool = False) -> dict:
+                proprio_weight: float | None = None, view_weights: dict | None = None, progress: bool = True,
+                allow_partial: bool = False) -> dict:
     """Embed `dataset` with the EMA encoder of `run`, build and save the faiss index; returns a summary."""
     import torch
 
@@ -100,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of the joint state against the image part of the feature (default 4.0)")
     parser.add_argument("--view-weight", action="append", default=None, metavar="CAMERA=WEIGHT",
                         help="scale each camera's features to unit norm times WEIGHT (1 for cameras not named); "
-                             "repeat per camera, e.g. --view-weight wrist=2 (default: the cameras scaled together)")
+                             "repeat per camera, e.g. --view-weight wrist=4 (default: the cameras scaled together)")
     parser.add_argument("--device", default=None, help="torch device for embedding (default: cuda if available)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="index an unfinished run (a killed or stopped pretrain) with its last checkpoint")
@@ -114,11 +115,12 @@ def parse_view_weights(items: list[str] | None) -> dict | None:
     for item in items:
         name, sep, value = item.partition("=")
         try:
-            out[name] = float(value)
+            weight = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise ClassRosError(f"--view-weight wants CAMERA=WEIGHT (e.g. wrist=2), got {item!r}.")
+            weight = None
+        if not (sep and name) or weight is None:
+            raise ClassRosError(f"--view-weight wants CAMERA=WEIGHT (e.g. wrist=4), got {item!r}.")
+        out[name] = weight
     return out
 
 
