@@ -219,6 +219,7 @@ def test_a_two_camera_index_with_view_weights_matches_its_queries(tmp_path):
     """The rows and the queries use the same per-camera weights; a load-time change is refused."""
     from tiny_run import make_sim_layout_run
 
+    from class_ros.data.store import EpisodeStore
     from class_ros.policy.retrieval import RetrievalPolicy
     from training.index import build_index, parse_view_weights
 
@@ -229,7 +230,6 @@ def test_a_two_camera_index_with_view_weights_matches_its_queries(tmp_path):
     summary = build_index(path, tmp_path / "dataset", k=1, view_weights={"wrist": 4.0}, progress=False)
     assert summary["config"]["view_weights"] == {"wrist": 4.0}
     policy = RetrievalPolicy.load(path)
-    from class_ros.data.store import EpisodeStore
     store = EpisodeStore.open(tmp_path / "dataset")
     chunks = store.action_chunks(policy.horizon)
     for i in (0, 7, store.n_frames - 1):

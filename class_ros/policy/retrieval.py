@@ -119,20 +119,20 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 def retrieval_features(raw: np.ndarray, image_dim: int, proprio_weight: float,
-                       view_scales: list[float] | None = None) -> np.ndarray:
+                       camera_scales: list[float] | None = None) -> np.ndarray:
     """(N, F) encoder outputs (image features, then normalised proprio) -> (N, F) unit rows for the index.
 
     The image part is scaled to unit norm and the proprio part to `proprio_weight` times its RMS value, so
     the balance between "what the camera sees" and "where the arm is" is a setting, not an accident of the
     encoder's output scale (unweighted, the proprio part dominated and neighbours matched arm pose only).
-    `view_scales` (one weight per camera, see `view_scales()`): each camera's equal share of the image part
-    is first scaled to unit norm times its weight.
+    `camera_scales` (one weight per camera, from `view_scales()`): each camera's equal share of the image
+    part is first scaled to unit norm times its weight.
     """
     raw = np.asarray(raw, dtype=np.float32).reshape(len(raw), -1)
     image, proprio = raw[:, :image_dim], raw[:, image_dim:]
-    if view_scales is not None:
-        views = np.split(image, len(view_scales), axis=1)
-        image = np.concatenate([normalize_rows(v) * w for v, w in zip(views, view_scales)], axis=1)
+    if camera_scales is not None:
+        views = np.split(image, len(camera_scales), axis=1)
+        image = np.concatenate([normalize_rows(v) * w for v, w in zip(views, camera_scales)], axis=1)
     if proprio.shape[1]:
         proprio = proprio * (proprio_weight / np.sqrt(proprio.shape[1]))
     return normalize_rows(np.concatenate([normalize_rows(image), proprio], axis=1))
@@ -236,6 +236,8 @@ class RetrievalPolicy:
         self.chunks = chunks  # (N, H, D) unnormalised
         self.frames = frames  # (N,)
         self.config = config
+        # Checked once here (cameras the encoder lacks are refused at load), applied to every query.
+        self.camera_scales = view_scales(config, encoder.config.image_keys)
         self.device = device
         self.action_names = list(meta.get("action_names", []))
         self.action_kind = meta.get("action_kind", "other")
@@ -313,8 +315,7 @@ class RetrievalPolicy:
             feat = self.encoder(batch).float().cpu().numpy()  # (B, F)
         if not np.isfinite(feat).all():
             raise ClassRosError("the observation produced a non-finite embedding; check the image and joint state.")
-        return retrieval_features(feat, self.encoder.image_dim, self.config.proprio_weight,
-                                  view_scales(self.config, self.encoder.config.image_keys))
+        return retrieval_features(feat, self.encoder.image_dim, self.config.proprio_weight, self.camera_scales)
 
     def predict_action_chunks(self, observations: list[dict], states: list[np.random.Generator]) -> np.ndarray:
         """B observations (one per episode, each with its episode's new_episode_state) -> (B, H, D) chunks,
