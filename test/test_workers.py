@@ -142,3 +142,20 @@ def test_batched_evaluation_and_policies_without_the_batch_interface(tmp_path):
     res = evaluate_policy(ChunkOnly(), "lift", "fixed", episodes=2, image_size=(SIZE, SIZE), progress=False,
                           workers=2)
     assert res["episode_steps"] == [100, 100]
+
+
+def test_own_process_gives_one_worker_a_fresh_process_and_its_errors_reach_the_caller():
+    import functools
+    import os
+
+    from training.workers import ordered_results
+
+    make = functools.partial(functools.partial, os.readlink)  # worker("/proc/self") -> its process id
+    with ordered_results(make, ["/proc/self"], 1) as results:
+        assert [int(pid) for pid in results] == [os.getpid()]
+    with ordered_results(make, ["/proc/self"], 1, own_process=True) as results:
+        [pid] = list(results)
+    assert int(pid) != os.getpid()
+    with pytest.raises(FileNotFoundError):
+        with ordered_results(make, ["/no/such/link"], 1, own_process=True) as results:
+            next(iter(results))

@@ -7,10 +7,11 @@
 
 `make_worker()` runs once per process and returns a callable (with an optional `close()`) that turns
 one item into its result; it and the items must pickle. With workers=1 everything runs in this process,
-so the serial run and the parallel one execute the same code per item. Workers are spawned (never
-forked: the caller may hold torch threads or a GL context) and ignore SIGINT: Ctrl-C reaches only the
-caller, whose KeyboardInterrupt leaves the `with` block, which kills the workers before the caller's
-own clean-up runs.
+so the serial run and the parallel one execute the same code per item; `own_process=True` still gives
+the one worker a fresh process (a long training run there is not slowed by what this process did before).
+Workers are spawned (never forked: the caller may hold torch threads or a GL context) and ignore SIGINT:
+Ctrl-C reaches only the caller, whose KeyboardInterrupt leaves the `with` block, which kills the workers
+before the caller's own clean-up runs.
 """
 from __future__ import annotations
 
@@ -75,9 +76,10 @@ def _run(item):
 
 
 @contextlib.contextmanager
-def ordered_results(make_worker, items, workers: int):
-    """An iterator of make_worker()(item) for every item, in item order, over `workers` processes."""
-    if workers <= 1:
+def ordered_results(make_worker, items, workers: int, *, own_process: bool = False):
+    """An iterator of make_worker()(item) for every item, in item order, over `workers` processes (this one
+    when workers is 1, unless `own_process`)."""
+    if workers <= 1 and not own_process:
         worker = make_worker()
 
         try:
@@ -89,10 +91,19 @@ def ordered_results(make_worker, items, workers: int):
     import multiprocessing as mp
 
     pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(make_worker,))
-    try:
+    delivered = False
+
+    def every_result():
+        nonlocal delivered
         # chunksize 1: items are whole episodes or bags, far costlier than a round trip.
-        yield pool.imap(_run, items, chunksize=1)
+        yield from pool.imap(_run, items, chunksize=1)
+        delivered = True
+
+    try:
+        yield every_result()
     finally:
-        # Killed rather than closed: their current items are unwanted (the caller stopped early or failed).
-        pool.terminate()
+        if delivered:  # the workers exit on their own, their clean-up included
+            pool.close()
+        else:  # killed: their current items are unwanted (the caller stopped early or failed)
+            pool.terminate()
         pool.join()
