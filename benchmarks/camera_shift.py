@@ -172,7 +172,8 @@ def _stages(d_cfg: dict | None = None, parts: int | None = None):
 
     def train_alone(name):
         # One fine-tuning, in a fresh process of its own: in the process that had run the earlier stages,
-        # the same 4000 pick_place steps ran at 2.4-2.7 steps/s, in a fresh one at 3.4-3.5 (2-core Xeon).
+        # the same 4000 pick_place steps ran at 2.4-2.7 steps/s (4.6 on the true state), in a fresh one at
+        # 3.5-3.9 (12.9) (2-core Xeon, AVX-512; README, camera-shift benchmark).
         def work(d):
             import functools
 
