@@ -1,7 +1,7 @@
 """Camera-shift benchmark: does CLASS keep working when the camera moves, where plain behaviour cloning fails?
 
 Usage:
-    python benchmarks/camera_shift.py --quick          # CPU preset, 2.2 hours for both tasks on 2 cores
+    python benchmarks/camera_shift.py --quick          # CPU preset, 1.8 hours for both tasks on 2 cores
     python benchmarks/camera_shift.py --preset full    # sized for a GPU machine (more demos, longer training)
     python benchmarks/camera_shift.py --preset smoke   # 2 episodes per cell: checks the wiring, NOT a result
     python benchmarks/camera_shift.py                  # full when CUDA is available, else quick
@@ -67,12 +67,15 @@ PRESETS = {
     # and wrist cameras, DTW quantile 0.005), so a finished `make demo`'s data are reused for lift (--demo).
     # Pre-training keeps 4000 steps, the demo's 2000 (which retrieve as well) being unmeasured for
     # Diffusion Policy from CLASS; so the demo's pretrain and index stages are redone here.
-    # Diffusion Policy gets finetune_cpu.yaml's full 4000 steps (2000 left it short of its budget).
+    # Diffusion Policy gets finetune_cpu.yaml's full 4000 steps (2000 left it short of its budget). The
+    # three fine-tunings run at once, one torch thread each (2-core Xeon, idle: two image fine-tunings side
+    # by side made 2.57 + 2.53 steps/s, one alone on both threads 4.15): lift's three took 1855 s instead
+    # of 2410 s one after another.
     # Evaluation is cheap next to training, so it keeps 50 episodes per cell.
     "quick": {"sim_demos": {"episodes": 200, "cameras": ["agentview", "wrist"]},
               "convert": {"mapping": "config/mappings/sim_wrist.yaml"}, "dtw": {"quantile": 0.005},
               "pretrain": {"overrides": {"steps": 4000}}, "index": {"k": 8, "view_weights": {"wrist": 4}},
-              "finetune": {"overrides": {"steps": 4000}},
+              "finetune": {"overrides": {"steps": 4000}, "concurrent": True},
               "note": "quick CPU preset: 200 demonstrations with agentview + wrist cameras, small encoder, "
                       "4000 pre-training and 4000 fine-tuning steps, 50 evaluation episodes per cell"},
     "full": {"sim_demos": {"episodes": 200},
@@ -207,8 +210,10 @@ def _stages(d_cfg: dict | None = None, parts: int | None = None):
         return work
 
     def train_together(d):
-        # The fine-tunings at once, each in its own process on the one GPU: each run's data sampling, EMA and
-        # kernel launches are CPU work that the other runs' GPU work can overlap.
+        # The fine-tunings at once, each in its own process. On one GPU, each run's data sampling, EMA and
+        # kernel launches are CPU work that the other runs' GPU work can overlap; on CPUs each run gets its
+        # share of the cores (one thread on 2 cores), where the small convolutions scale better than on two
+        # threads in one run.
         import functools
 
         from class_ros.data.store import EpisodeStore

@@ -61,6 +61,8 @@ def test_quick_preset_shares_the_demo_data_settings_so_a_finished_demo_is_reused
     assert quick["pretrain"]["base"] == demo["pretrain"]["base"]
     assert (quick["pretrain"]["overrides"], demo["pretrain"]["overrides"]) == ({"steps": 4000}, {"steps": 2000})
     assert (quick["task"], quick["seed"], quick["device"]) == (demo["task"], demo["seed"], demo["device"])
+    # Its three fine-tunings train at once, one stage (the cores split between them).
+    assert [s.name for s in camera_shift._stages(quick) if s.name.endswith("-train")] == ["dp-train"]
 
 
 def test_every_table_carries_the_privileged_state_ceilings_first():
