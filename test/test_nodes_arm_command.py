@@ -64,7 +64,6 @@ class Rig:
         self.blocked = False  # True: the arm does not move whatever it is told
         self.joint_states_on, self.js_age, self.camera_on, self.encoding = True, 0.0, True, "rgb8"
         self.commands: list[tuple[float, np.ndarray, np.ndarray]] = []  # (time, command (7,), state then)
-        self.plant_ticks: list[float] = []  # when this test's 100 Hz timer ran (how busy the machine is)
         self.mangle = None  # fault injection: JointState -> JointState, applied to every published state
         self.injected = [HOME.copy()]  # states set from outside (pushes): a re-anchor may jump to one
         self._arms, self._grips = [], []
@@ -78,7 +77,6 @@ class Rig:
         n.create_subscription(Float64MultiArray, "/gripper_controller/commands", self._on_grip, 100)
         from diagnostic_msgs.msg import DiagnosticArray
         self.diagnostics = []
-        self.tick_gap_max = 0.0  # s, the longest the node's own timer went between ticks, from /diagnostics
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         n.create_timer(0.01, self._plant)
         n.create_timer(1 / 30, self._camera)
@@ -111,8 +109,6 @@ class Rig:
         return Time(sec=t // 10**9, nanosec=t % 10**9)
 
     def _plant(self):
-        with self.lock:
-            self.plant_ticks.append(time.monotonic())
         if not self.joint_states_on:
             return
         msg = self.JointState(name=NAMES)
@@ -125,10 +121,6 @@ class Rig:
 
     def _on_diagnostics(self, msg):
         self.diagnostics.append(msg)
-        for st in msg.status:
-            for kv in st.values:
-                if kv.key == "tick_gap_max_ms":
-                    self.tick_gap_max = max(self.tick_gap_max, float(kv.value) / 1e3)
 
     def push(self, state, blocked=None):
         """Move the arm from outside (a push, a hand): the measured state jumps to `state`."""
@@ -243,7 +235,7 @@ class Rig:
     def check_safe(self, slack=0.05):
         """Every published command obeys the invariant; only re-anchors at an injected state are exempt.
 
-        `slack` (s) is what the stream's gaps may exceed the measured stalls by (scheduling, delivery)."""
+        `slack` (s) is what the received stream's gaps may exceed 1 s by."""
         with self.lock:
             cmds, injected = list(self.commands), [np.clip(s, LOWER, UPPER) for s in self.injected]
         assert cmds
@@ -254,21 +246,14 @@ class Rig:
         _, values = self.status()
         assert sum(reanchor) <= int(values["reanchors"])
         # Never silent. What the node controls is exact: it publishes on every tick once it has a
-        # measured state (silent_ticks counts the ticks that did not). What the
-        # machine controls is not: on these shared 2 cores a process is descheduled for up to ~0.6 s
-        # (measured with this test's own 100 Hz timer), so the received stream is checked for gaps of 2
-        # command periods beyond the longest stall the node's own timer reports, and never for 1 s.
+        # measured state (silent_ticks counts the ticks that did not). What the machine controls is not:
+        # on these shared 2 cores a process is descheduled for up to ~0.6 s (measured with this test's own
+        # 100 Hz timer), and the DDS threads that deliver the commands can stall on their own: loaded, the
+        # received stream once went 0.346 s without a command while the node's timer and this test's ran
+        # late by 0.014 s at most. So the received stream is only checked never to go silent for 1 s.
         assert values["silent_ticks"] == "0"
-        times = np.array([x[0] for x in cmds])
-        with self.lock:
-            ticks = np.diff([t for t in self.plant_ticks if times[0] <= t <= times[-1]])
-        gaps = np.diff(times)
-        # How late the node's timer ran, plus how long this receiving process was stalled meanwhile.
-        stall = max(self.tick_gap_max - 1.0 / RATE, 0.0) + (max(ticks.max() - 0.01, 0.0) if ticks.size else 0.0)
+        gaps = np.diff([x[0] for x in cmds])
         assert gaps.max() < 1.0 + slack, f"the command stream went silent for {gaps.max():.3f} s"
-        assert gaps.max() <= 2.0 / RATE + stall + slack, (
-            f"the command stream went silent for {gaps.max():.3f} s (2 periods {2.0 / RATE:.3f} s, the node's "
-            f"timer and this process stalled {stall:.3f} s at worst)")
 
 
 def held_constant(cmds, min_count):
