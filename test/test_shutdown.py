@@ -85,6 +85,34 @@ def test_a_callback_publishing_as_the_context_shuts_down_is_a_normal_stop(tmp_pa
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
 
 
+
+def test_a_stop_stuck_in_its_cleanup_ends_within_its_bound_and_says_where(tmp_path):
+    """A cleanup that never returns (here a sleep with the signals blocked: in the field, a DDS call stuck
+    in C) would ignore every later signal; the stop's watchdog dumps the stacks and ends the process."""
+    script = tmp_path / "node.py"
+    script.write_text(
+        "import signal, time\n"
+        "import rclpy.node\n"
+        "from class_ros.nodes import common\n\n"
+        "common.STOP_S = 2.0\n\n"
+        "class StuckCleanup(rclpy.node.Node):\n"
+        "    def __init__(self):\n"
+        "        super().__init__('stuck_cleanup')\n"
+        "        print('spinning', flush=True)\n\n"
+        "    def destroy_node(self):\n"
+        "        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})\n"
+        "        time.sleep(600)\n\n"
+        "raise SystemExit(common.run_node(StuckCleanup))\n")
+    log = tmp_path / "node.log"
+    proc = start([sys.executable, str(script)], log)
+    wait_for(log, "spinning", proc, timeout=60.0)
+    t0 = time.monotonic()
+    code, out = stop(proc, log, [signal.SIGINT, signal.SIGTERM])
+    assert code == 1, out
+    assert time.monotonic() - t0 < 2.0 + 30.0, "the watchdog never fired"  # 2 s bound, start-up slack
+    assert "Timeout" in out and "in destroy_node" in out, out
+
+
 @pytest.mark.slow
 def test_graph_in_one_process_stops_quietly_on_two_ctrl_c(sim_layout_run, tmp_path):
     log = tmp_path / "graph.log"

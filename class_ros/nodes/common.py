@@ -125,7 +125,8 @@ def run_node(node_factory, args=None) -> int:
     of that is a normal stop and exits 0 without a traceback: the executor seeing the context gone, a
     callback whose publish failed because the context went down under it, a configure cut short. Later
     signals (`ros2 launch` sends its own SIGINT after the terminal's, then SIGTERM) change nothing, so the
-    cleanup is never cut short. The executor spins off the main thread (spin_off_main_thread).
+    cleanup is never cut short. The executor spins off the main thread (spin_off_main_thread). A stop that
+    has not ended the process STOP_S later prints every thread's stack and exits 1 (bound_the_stop).
     A SingleThreadedExecutor: rclpy's MultiThreadedExecutor busy-loops while a ready callback waits for
     its callback group (a long inference callback makes that the common case) and starves the machine.
     """
@@ -159,6 +160,7 @@ def run_node(node_factory, args=None) -> int:
         if rclpy.ok():
             raise  # a real error while ROS was up
     finally:
+        bound_the_stop()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
@@ -195,8 +197,28 @@ def spin_off_main_thread(executor) -> None:
     thread.start()
     while thread.is_alive():
         thread.join(0.2)
+        if not executor.context.ok():
+            bound_the_stop()
     if errors:
         raise errors[0]
+
+
+STOP_S = 10.0  # from a stop to the process's end; ours takes well under a second
+_stop_bounded = False
+
+
+def bound_the_stop() -> None:
+    """A stop that does not end the process within STOP_S writes every thread's stack to stderr and exits 1.
+
+    Something stuck in C code (a DDS call that never returns) ignores every later signal, so without this
+    only SIGKILL ends it, and nobody learns where it was. faulthandler's watchdog is a C thread: it needs
+    neither the GIL nor the main thread. Only the first call arms it: the deadline counts from the stop.
+    """
+    import faulthandler
+    global _stop_bounded
+    if not _stop_bounded:
+        _stop_bounded = True
+        faulthandler.dump_traceback_later(STOP_S, exit=True, file=sys.__stderr__)
 
 
 class CallbackGuard:
