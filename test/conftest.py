@@ -40,8 +40,6 @@ def sim_layout_run(tmp_path_factory) -> Path:
     return make_sim_layout_run(tmp_path_factory.mktemp("sim_layout_run"))
 
 
-
-
 # --- a test stuck where no signal reaches it ---------------------------------------------------------------
 # pytest-timeout (pytest.ini) fails a test that overruns while Python runs. A test stuck inside C code - a
 # DDS or rclpy call that never comes back to the interpreter - never sees its signal and would hold its

@@ -85,7 +85,6 @@ def test_a_callback_publishing_as_the_context_shuts_down_is_a_normal_stop(tmp_pa
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
 
 
-
 def test_a_stop_stuck_in_its_cleanup_ends_within_its_bound_and_says_where(tmp_path):
     """A cleanup that never returns (here a sleep with the signals blocked: in the field, a DDS call stuck
     in C) would ignore every later signal; the stop's watchdog dumps the stacks and ends the process."""
