@@ -76,7 +76,7 @@ def pytest_runtest_protocol(item, nextitem):
 
 def pytest_runtest_setup(item):
     for path in _hang_dir().glob("*.txt"):
-        if path.name != Path(_hang_file.name).name and path.read_text().startswith(f"{item.nodeid} stuck"):
+        if path != Path(_hang_file.name) and path.read_text().startswith(f"{item.nodeid} stuck"):
             pytest.fail("it hung in an earlier worker (its stacks are in the run's summary); not run again",
                         pytrace=False)
 

@@ -57,9 +57,13 @@ class Probe:
         """True once `count` messages of `name` arrived, False after `timeout` seconds."""
         return wait_until(lambda: len(self.got[name]) >= count, timeout)
 
+    def arrivals_between(self, name, t0: float, t1: float) -> list[float]:
+        """Arrival times (time.monotonic()) of the messages of `name` that arrived in [t0, t1)."""
+        return [t for t in list(self.times[name]) if t0 <= t < t1]
+
     def count_between(self, name, t0: float, t1: float) -> int:
         """Messages of `name` that arrived in [t0, t1) (time.monotonic())."""
-        return sum(t0 <= t < t1 for t in list(self.times[name]))
+        return len(self.arrivals_between(name, t0, t1))
 
     def close(self) -> None:
         self.ex.shutdown()
