@@ -261,6 +261,46 @@ def test_load_time_overrides_change_queries_not_the_stored_rows(run):
     with pytest.raises(ClassRosError, match="older class_ros whose index features differ; rebuild"):
         stored_config(old, path / "index", {})
     assert stored_config(saved, path / "index", {"k": 2}).k == 2
+    before_relative = {k: v for k, v in saved.items() if k != "relative"}  # its chunks are absolute targets
+    assert stored_config(before_relative, path / "index", {}).relative is False
+
+
+def test_a_relative_index_replays_arm_offsets_from_the_measured_joints(tmp_path):
+    """Arm targets are stored minus the frame's joints and come back plus the query's; the gripper stays absolute."""
+    from tiny_run import make_sim_layout_run
+
+    from class_ros.data.store import EpisodeStore
+    from class_ros.policy.retrieval import RetrievalPolicy
+    from training.index import build_index
+
+    path = make_sim_layout_run(tmp_path, n_episodes=2, length=12, cameras=("agentview",))
+    store = EpisodeStore.open(tmp_path / "dataset")
+    arm = store.meta.action_names[:6]
+    summary = build_index(path, tmp_path / "dataset", k=1, relative=True, progress=False)
+    assert summary["config"]["relative"] is True and summary["relative_actions"] == arm  # not "gripper"
+    policy = RetrievalPolicy.load(path)
+    chunks = store.action_chunks(policy.horizon)
+    i = 9
+    obs = {name: np.asarray(store.read(f"obs/{name}", np.array([i])))[0] for name in ("agentview", "joint_pos")}
+    stored = policy.chunks[i]
+    np.testing.assert_allclose(stored[:, :6], chunks[i][:, :6] - obs["joint_pos"][:6], rtol=0, atol=1e-6)
+    assert np.array_equal(stored[:, 6], chunks[i][:, 6])
+    # The same neighbour seen from an arm 0.1 rad further on every joint: its motion, shifted by 0.1.
+    moved = obs["joint_pos"] + np.float32(0.1)
+    got = policy.predict_from_embedding(policy.embed(obs), joints=moved)
+    assert policy.last_confidence.nearest_frame == i
+    np.testing.assert_allclose(got[:, :6], chunks[i][:, :6] + 0.1, rtol=0, atol=1e-5)
+    assert np.array_equal(got[:, 6], chunks[i][:, 6])
+    for joints, why in ((None, "got none"), (moved[:3], "got 3 values"), (np.full(7, np.nan), "not all finite")):
+        with pytest.raises(ClassRosError, match=f"relative to the measured joints.*{why}"):
+            policy.predict_from_embedding(policy.embed(obs), joints=joints)
+    with pytest.raises(ClassRosError, match="relative cannot change when loading"):
+        RetrievalPolicy.load(path, relative=False)  # the rows hold offsets
+
+    summary = build_index(path, tmp_path / "dataset", k=1, progress=False)  # the default: absolute targets
+    assert summary["config"]["relative"] is False and summary["relative_actions"] == []
+    absolute = RetrievalPolicy.load(path)
+    assert np.array_equal(absolute.predict_from_embedding(absolute.embed(obs), joints=moved), chunks[i])
 
 
 def test_every_config_refuses_unknown_keys_naming_the_valid_ones():

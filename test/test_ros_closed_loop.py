@@ -178,8 +178,11 @@ def test_embedding_node_survives_non_finite_joint_states(random_run):
 
 
 def test_policy_node_chunks_are_timed_and_the_ood_gate_stops_them(random_run, tmp_path):
+    """Retrieval from a relative index: chunks stamped like the embedding, from the joints measured as of it."""
+    import shutil
+
     from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Header
     from trajectory_msgs.msg import JointTrajectory
 
@@ -187,20 +190,29 @@ def test_policy_node_chunks_are_timed_and_the_ood_gate_stops_them(random_run, tm
     from class_ros.nodes.graph import start_in_process
     from class_ros.nodes.observation import feature_to_image
     from class_ros.policy import load_policy
+    from training.index import build_index
 
-    policy = load_policy(random_run, "retrieval")
+    run = tmp_path / "relative_run"
+    shutil.copytree(random_run, run)
+    build_index(run, random_run.parent / "dataset", k=1, relative=True, progress=False)
+    policy = load_policy(run, "retrieval")
+    assert len(policy.relative_dims) == 6  # the arm's targets start from the measured joints: it reads them too
     feature = policy.embed({"agentview": np.full((96, 96, 3), 128, np.uint8), "joint_pos": np.zeros(7, np.float32)})
+    q = np.linspace(-0.3, 0.3, 7)  # the arm as measured, stamped before every embedding
+    state = JointState(header=Header(stamp=stamp(499)), name=policy.joint_names, position=q.tolist())
     spec = next(s for s in topology.graph("retrieval") if s.name == "policy_node")
     for gate in (2.0, -1.0):  # off, then everything counts as out of distribution
         gate_yaml = tmp_path / f"gate_{gate}.yaml"
         gate_yaml.write_text(f"policy_node:\n  ros__parameters:\n    max_nearest_distance: {gate}\n")
         gated = topology.NodeSpec(spec.name, spec.params + (str(gate_yaml),), spec.remappings)
-        with start_in_process([gated], extra={"run_dir": str(random_run)}):
+        with start_in_process([gated], extra={"run_dir": str(run)}):
             probe = Probe({"chunk": (JointTrajectory, "/policy_node/action_chunk"),
                            "diag": (DiagnosticArray, "/diagnostics")})
             try:
                 pub = probe.publisher(Image, "/embedding_node/embedding")
+                joints = probe.publisher(JointState, "/joint_states")
                 for i in range(40):
+                    joints.publish(state)
                     pub.publish(feature_to_image(feature, Header(stamp=stamp(500 + i), frame_id="agentview")))
                     if probe.wait("chunk", 1, timeout=0.1):
                         break
@@ -212,7 +224,7 @@ def test_policy_node_chunks_are_timed_and_the_ood_gate_stops_them(random_run, tm
                     n = policy.n_action_steps + 1
                     t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
                     np.testing.assert_allclose(t, np.arange(n) / policy.control_rate_hz, atol=1e-9)
-                    want = policy.predict_from_embedding(feature)[:n]
+                    want = policy.predict_from_embedding(feature, joints=q)[:n]
                     np.testing.assert_allclose([p.positions for p in msg.points], want, atol=1e-5)
                 else:
                     assert not probe.got["chunk"], "the OOD gate let a chunk through"

@@ -10,7 +10,8 @@ by --proprio-weight, L2-normalised together (class_ros.policy.retrieval.retrieva
 With --view-weight CAMERA=W, each camera's features are first scaled to unit norm times its weight.
 Up to --approx-threshold rows the index is exact (faiss inner product); above it an HNSW index is built
 and its recall@k against exact search is measured and stored. The index, the aligned action chunks and
-the settings go to RUN/index/.
+the settings go to RUN/index/. With --relative, arm joint targets are stored as offsets from each frame's
+measured joints and replayed from the query's (RetrievalConfig.relative: for a scene camera that moves).
 """
 from __future__ import annotations
 
@@ -44,16 +45,17 @@ def embed_dataset(encoder, store, batch_size: int = 256, device: str = "cpu", pr
 
 def build_index(run, dataset, *, k: int | None = None, tau: float | None = None, mode: str | None = None,
                 n_action_steps: int | None = None, approx_threshold: int | None = None, device: str | None = None,
-                proprio_weight: float | None = None, view_weights: dict | None = None, progress: bool = True,
-                allow_partial: bool = False) -> dict:
+                proprio_weight: float | None = None, view_weights: dict | None = None, relative: bool | None = None,
+                progress: bool = True, allow_partial: bool = False) -> dict:
     """Embed `dataset` with the EMA encoder of `run`, build and save the faiss index; returns a summary."""
     import torch
 
     from class_ros.data.rundir import RunDir
+    from class_ros.data.schema import obs_key
     from class_ros.data.store import EpisodeStore
     from class_ros.encoder.model import load_encoder
-    from class_ros.policy.retrieval import (RetrievalConfig, build_faiss_index, recall_at_k, retrieval_features,
-                                           save_index, view_scales)
+    from class_ros.policy.retrieval import (RetrievalConfig, build_faiss_index, recall_at_k, relative_dims,
+                                           retrieval_features, save_index, view_scales)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     store = EpisodeStore.open(dataset)
@@ -63,7 +65,7 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
         print(f"index: warning: {note}")
     overrides = {key: v for key, v in dict(k=k, tau=tau, mode=mode, n_action_steps=n_action_steps,
                                            approx_threshold=approx_threshold, proprio_weight=proprio_weight,
-                                           view_weights=view_weights).items()
+                                           view_weights=view_weights, relative=relative).items()
                  if v is not None}
     cfg = RetrievalConfig(**overrides)
     config = rd.load_config()
@@ -76,12 +78,18 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
     embed_s = time.perf_counter() - t0
     chunks = store.action_chunks(int(config.get("dist_horizon", 16)))  # (N, H, D) unnormalised
     frames = np.arange(store.n_frames)
+    proprio = encoder.config.proprio_keys
+    pairs = relative_dims(store.meta, proprio[0] if len(proprio) == 1 else None) if cfg.relative else []
+    if pairs:  # offsets from each frame's measured joints (RetrievalConfig.relative)
+        a, p = (np.array(d) for d in zip(*pairs))
+        chunks[:, :, a] -= store.read(obs_key(proprio[0]), frames)[:, None, p]
     t0 = time.perf_counter()
     index, kind = build_faiss_index(emb, cfg)
     build_s = time.perf_counter() - t0
     recall = 1.0 if kind == "flat" else recall_at_k(index, emb, cfg.k)
     info = {"config": dataclasses.asdict(cfg), "index_kind": kind, "n": int(len(emb)), "dim": int(emb.shape[1]),
             "horizon": int(chunks.shape[1]), f"recall_at_{cfg.k}": recall,
+            "relative_actions": [store.meta.action_names[a] for a, _ in pairs],
             "dataset_fingerprint": store.fingerprint(), "dataset_path": str(store.path),
             "encoder_sha256": rd.meta["files"]["encoder.safetensors"]["sha256"]}
     folder = save_index(rd, index, chunks, frames, store.episode_of(frames), info)
@@ -102,6 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view-weight", action="append", default=None, metavar="CAMERA=WEIGHT",
                         help="scale each camera's features to unit norm times WEIGHT (1 for cameras not named); "
                              "repeat per camera, e.g. --view-weight wrist=4 (default: the cameras scaled together)")
+    parser.add_argument("--relative", action=argparse.BooleanOptionalAction, default=None,
+                        help="store arm joint targets as offsets from each frame's measured joints and replay them "
+                             "from the arm's (default: absolute targets; the demo's moving cameras use --relative)")
     parser.add_argument("--device", default=None, help="torch device for embedding (default: cuda if available)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="index an unfinished run (a killed or stopped pretrain) with its last checkpoint")
@@ -128,8 +139,9 @@ def run(args: argparse.Namespace) -> int:
     s = build_index(args.run, args.dataset, k=args.k, tau=args.tau, mode=args.mode,
                     n_action_steps=args.n_action_steps, approx_threshold=args.approx_threshold, device=args.device,
                     proprio_weight=args.proprio_weight, view_weights=parse_view_weights(args.view_weight),
-                    allow_partial=args.allow_partial)
+                    relative=args.relative, allow_partial=args.allow_partial)
     k = s["config"]["k"]
+    rel = f"relative {', '.join(s['relative_actions'])}" if s["relative_actions"] else "absolute"
     print(f"index: {s['n']} frames, {s['dim']}-d features, {s['index_kind']} index, recall@{k} "
-          f"{s[f'recall_at_{k}']:.3f}; wrote {s['path']}")
+          f"{s[f'recall_at_{k}']:.3f}, targets {rel}; wrote {s['path']}")
     return 0

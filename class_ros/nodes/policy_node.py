@@ -7,7 +7,8 @@ Usage:
 configure: load the run (retrieval index or diffusion model), check its action kind and names against
 the parameters, warm it up. activate: publish chunks. deactivate: stop publishing (and inferring);
 `ros2 lifecycle set /policy_node deactivate` pauses the policy, `activate` resumes it.
-Retrieval reads `~/embedding` (embedding_node); diffusion reads `~/image` and /joint_states itself.
+Retrieval reads `~/embedding` (embedding_node), and /joint_states when its index replays arm targets
+relative to the measured joints (`class-ros index --relative`); diffusion reads `~/image` and /joint_states.
 Event-driven: the policy runs when a new observation arrives (an embedding, or the first camera's
 frame), never on a polling timer; the readers keep only the newest observation (common.NEWEST).
 Chunks carry the observation's stamp; point k is due at stamp + k * dt (dt = 1 / the run's control rate).
@@ -58,30 +59,44 @@ def chunk_message(chunk: np.ndarray, names: list[str], header, dt: float) -> Joi
 
 
 class EmbeddingInput:
-    """Retrieval: the observation feature comes from embedding_node's `~/embedding`; each one calls `on_new`."""
+    """Retrieval: the observation feature comes from embedding_node's `~/embedding`; each one calls `on_new`.
+    A relative index (RetrievalPolicy.relative_dims) also reads /joint_states: its chunks start from the
+    joints measured as of the embedding's stamp."""
 
     def __init__(self, node, policy, on_new):
         self.policy = policy
         self.latest = None
         self.on_new = on_new
         self.subscriptions = [node.create_subscription(Image, "~/embedding", self._on_embedding, NEWEST)]
+        self.joints = JointStateBuffer(policy.joint_names) if policy.relative_dims else None
+        if self.joints is not None:
+            self.subscriptions.append(node.create_subscription(JointState, node.p.joint_states_topic,
+                                                               self.joints.add, qos_profile_sensor_data))
 
     def _on_embedding(self, msg) -> None:
         self.latest = msg
         self.on_new()
 
     def warm_up(self) -> None:
-        self.policy.predict_from_embedding(np.ones(self.policy.encoder.out_dim, np.float32))
+        self.policy.predict_from_embedding(np.ones(self.policy.encoder.out_dim, np.float32),
+                                           joints=np.zeros(len(self.policy.joint_names), np.float32))
 
     def newest(self, done_stamp):
-        """(header, feature) of an observation newer than `done_stamp`, or None."""
+        """(header, (feature, joints or None)) of an observation newer than `done_stamp`, or None."""
         msg = self.latest
         if msg is None or stamp_to_sec(msg.header.stamp) == done_stamp:
             return None
-        return msg.header, image_to_feature(msg)
+        joints = None
+        if self.joints is not None:
+            state = self.joints.as_of(stamp_to_sec(msg.header.stamp))
+            if state is None:
+                return None
+            joints = state[0]
+        return msg.header, (image_to_feature(msg), joints)
 
-    def predict(self, feature) -> np.ndarray:
-        return self.policy.predict_from_embedding(feature)
+    def predict(self, observation) -> np.ndarray:
+        feature, joints = observation
+        return self.policy.predict_from_embedding(feature, joints=joints)
 
 
 class ObservationInput:
@@ -149,7 +164,7 @@ class PolicyParams:
                                        "chunk runs open loop, as the method executes it), 0 = a chunk per new "
                                        "observation")
     autostart: bool = param(True, "configure and activate at start-up")
-    joint_states_topic: str = param("/joint_states", "joint states (diffusion)")
+    joint_states_topic: str = param("/joint_states", "joint states (diffusion, relative retrieval)")
 
     def __post_init__(self):
         require(self.policy in POLICY_KINDS, f"policy must be one of {POLICY_KINDS}, got {self.policy!r}.")
