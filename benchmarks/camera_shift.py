@@ -55,7 +55,7 @@ _BASE = {
     "dtw": {"horizon": 16, "quantile": 0.025, "mode": "exact"},
     "pretrain": {"base": "training/configs/pretrain_cpu.yaml", "overrides": {}},
     "finetune": {"base": "training/configs/finetune_cpu.yaml", "overrides": {}},
-    "index": {},
+    "index": {"relative": True},  # arm targets replayed from the measured joints (RetrievalConfig.relative)
     "evaluate": {"episodes": 50, "cameras": list(CAMERAS)},
 }
 PRESETS = {
@@ -65,8 +65,8 @@ PRESETS = {
               "checks that every stage runs; the numbers say nothing about the method"},
     # The demo's data and index settings (training/configs/demo.yaml: 200 demonstrations with the agentview
     # and wrist cameras, DTW quantile 0.005), so a finished `make demo`'s data are reused for lift (--demo).
-    # Pre-training keeps 4000 steps, the demo's 2000 (which retrieve as well) being unmeasured for
-    # Diffusion Policy from CLASS; so the demo's pretrain and index stages are redone here.
+    # Pre-training keeps 4000 steps of 64 frames, the demo's 1000 of 32 (which retrieve as well) being
+    # unmeasured for Diffusion Policy from CLASS; so the demo's pretrain and index stages are redone here.
     # Diffusion Policy gets finetune_cpu.yaml's full 4000 steps (2000 left it short of its budget). The
     # three fine-tunings run at once, one torch thread each (2-core Xeon, idle: two image fine-tunings side
     # by side made 2.57 + 2.53 steps/s, one alone on both threads 4.15): lift's three took 1855 s instead
