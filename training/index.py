@@ -78,11 +78,10 @@ def build_index(run, dataset, *, k: int | None = None, tau: float | None = None,
     embed_s = time.perf_counter() - t0
     chunks = store.action_chunks(int(config.get("dist_horizon", 16)))  # (N, H, D) unnormalised
     frames = np.arange(store.n_frames)
-    proprio = encoder.config.proprio_keys
-    pairs = relative_dims(store.meta, proprio[0] if len(proprio) == 1 else None) if cfg.relative else []
+    pairs = relative_dims(rd.meta, encoder.config.proprio_keys) if cfg.relative else []
     if pairs:  # offsets from each frame's measured joints (RetrievalConfig.relative)
         a, p = (np.array(d) for d in zip(*pairs))
-        chunks[:, :, a] -= store.read(obs_key(proprio[0]), frames)[:, None, p]
+        chunks[:, :, a] -= store.read(obs_key(encoder.config.proprio_keys[0]), frames)[:, None, p]
     t0 = time.perf_counter()
     index, kind = build_faiss_index(emb, cfg)
     build_s = time.perf_counter() - t0

@@ -111,15 +111,14 @@ def view_scales(config: RetrievalConfig, cameras: list[str]) -> list[float] | No
     return scales
 
 
-def relative_dims(meta, proprio_key: str | None) -> list[tuple[int, int]]:
+def relative_dims(meta: dict, proprio_keys: list[str]) -> list[tuple[int, int]]:
     """(action dim, proprio dim) pairs that `relative` replays as offsets: joint_position actions named like
-    a proprio joint, except a gripper. `meta`: the dataset's (or run's) metadata, with action_kind,
-    action_names and joint_names (the proprio key's dims)."""
-    get = meta.get if isinstance(meta, dict) else lambda k, d=None: getattr(meta, k, d)
-    if proprio_key is None or get("action_kind") != "joint_position":
+    a joint of the encoder's one proprio key, except a gripper. `meta`: the run's metadata (action_kind,
+    action_names, joint_names: the proprio key's dims), the same at index build and at load."""
+    if len(proprio_keys) != 1 or meta.get("action_kind") != "joint_position":
         return []
-    joints = list(get("joint_names") or [])
-    return [(a, joints.index(name)) for a, name in enumerate(get("action_names") or [])
+    joints = list(meta.get("joint_names") or [])
+    return [(a, joints.index(name)) for a, name in enumerate(meta.get("action_names") or [])
             if name in joints and "gripper" not in name.lower()]
 
 
@@ -271,7 +270,7 @@ class RetrievalPolicy:
         proprio = encoder.config.proprio_keys
         self.proprio_key = proprio[0] if len(proprio) == 1 else None
         # (action dim, proprio dim) pairs stored as offsets (config.relative); the query adds its joints.
-        self.relative_dims = relative_dims(meta, self.proprio_key) if config.relative else []
+        self.relative_dims = relative_dims(meta, proprio) if config.relative else []
         self.last_confidence: RetrievalConfidence | None = None
         self._seed = seed
         self._rng = np.random.default_rng(seed)
